@@ -1,0 +1,133 @@
+"""Command line: parses arguments and calls the library functions; user mistakes print one line, no traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .validation import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="lensfinder: substructure classification and lens finding for strong-lensing images.")
+
+
+def _attach_simulator() -> None:
+    try:
+        from .simulate.cli import app as simulate_app
+    except ImportError:  # the simulator is optional at import time (e.g. caustics missing)
+        return
+    app.add_typer(simulate_app, name="simulate", help="Simulate data sets in the DeepLense layouts.")
+
+
+_attach_simulator()
+
+
+@app.command()
+def train(
+    task: str = typer.Option(..., help="substructure | lensfinding"),
+    data: Path = typer.Option(..., help="data root in the task's layout"),
+    out: Path = typer.Option(..., help="run folder to write"),
+    model: Optional[str] = typer.Option(None, help="registry name (see `lensfinder models`); default: the task's best"),
+    recipe: Optional[str] = typer.Option(None, help="report | lensfinder; default follows the model"),
+    config: Optional[Path] = typer.Option(None, help="YAML file of settings (flags override it)"),
+    epochs: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None),
+    weight_decay: Optional[float] = typer.Option(None),
+    scheduler: Optional[str] = typer.Option(None, help="plateau | onecycle | cosine"),
+    normalization: Optional[str] = typer.Option(None, help="channel | minmax | asinh | log | none"),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="random D4 symmetries"),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="average over the 8 D4 views when predicting"),
+    class_weights: Optional[str] = typer.Option(None, help="balanced | none"),
+    seed: Optional[int] = typer.Option(None),
+    devices: Optional[str] = typer.Option(None, help="number of devices or 'auto'"),
+    num_nodes: Optional[int] = typer.Option(None),
+    accelerator: Optional[str] = typer.Option(None, help="cpu | gpu | auto"),
+    strategy: Optional[str] = typer.Option(None, help="Lightning strategy, e.g. ddp"),
+    precision: Optional[str] = typer.Option(None, help="e.g. 32-true, bf16-mixed"),
+    num_workers: Optional[int] = typer.Option(None),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="load pickled object arrays (runs code: trusted files only)"),
+    stream: bool = typer.Option(False, "--stream", help="train on an endless simulated stream"),
+    stream_preset: Optional[str] = typer.Option(None, help="simulator preset for --stream"),
+    steps_per_epoch: Optional[int] = typer.Option(None, help="batches per epoch with --stream"),
+    early_stopping: Optional[int] = typer.Option(None, help="patience in epochs; 0 = off"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Train a model; writes config, checkpoints, history, model.safetensors and figures into --out."""
+    from .config import TrainConfig, load_yaml
+    from .train.run import train as run_training
+
+    values = load_yaml(config) if config else {}
+    flags = dict(model=model, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                 scheduler=scheduler, normalization=normalization, augment=augment, tta=tta, class_weights=class_weights,
+                 seed=seed, devices=devices, num_nodes=num_nodes, accelerator=accelerator, strategy=strategy,
+                 precision=precision, num_workers=num_workers, stream_preset=stream_preset, steps_per_epoch=steps_per_epoch,
+                 early_stopping=early_stopping)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    values.update(task=task, data=str(data), out=str(out), progress=progress)
+    values["allow_pickle"] = allow_pickle or values.get("allow_pickle", False)
+    values["stream"] = stream or values.get("stream", False)
+    run = run_training(TrainConfig.from_dict(values, source=str(config) if config else "command line"), resume=resume)
+    typer.echo(f"run written to {run.path}")
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Option(..., help="run folder written by `lensfinder train`"),
+    data: Path = typer.Option(..., help="data root in the task's layout"),
+    split: str = typer.Option("test", help="train | val | test"),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="default: as trained"),
+    batch_size: int = typer.Option(256),
+    device: str = typer.Option("auto"),
+):
+    """Score a split; writes metrics.json, figures/ and report.html into the run folder."""
+    from .evaluate.evaluate import evaluate as run_evaluation
+
+    result = run_evaluation(run, data, split=split, tta=tta, batch_size=batch_size, device=device)
+    keys = ("accuracy", "auc", "auc_micro", "auc_weighted", "average_precision", "tpr0", "tpr10", "tpr_at_fpr_1e-3", "ece")
+    typer.echo(json.dumps({k: round(result[k], 5) for k in keys if k in result}))
+    typer.echo(f"report: {Path(run) / 'report.html'}")
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., help=".npy / FITS files or folders of them"),
+    out: Path = typer.Option(..., help="ranked CSV to write"),
+    run: Optional[Path] = typer.Option(None, help="run folder; or give --task for the shipped weights"),
+    task: Optional[str] = typer.Option(None, help="use the weights shipped for this task"),
+    batch_size: int = typer.Option(512),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="default: as trained"),
+    device: str = typer.Option("auto"),
+    num_workers: int = typer.Option(0),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+    bands: Optional[str] = typer.Option(None, help="one FITS file per band: comma-separated band suffixes, e.g. g,r,i"),
+):
+    """Score cutouts and write a CSV ranked by lens (or class) probability."""
+    from .evaluate.predict import predict_catalog
+
+    path = predict_catalog(inputs, out, run=run, task=task, batch_size=batch_size, tta=tta, device=device,
+                           num_workers=num_workers, allow_pickle=allow_pickle,
+                           band_suffixes=[b.strip() for b in bands.split(",")] if bands else None)
+    typer.echo(f"predictions written to {path}")
+
+
+@app.command()
+def models():
+    """List the registered models."""
+    from .models import describe_models
+
+    for name, description in describe_models().items():
+        typer.echo(f"{name:20s} {description}")
+
+
+def main() -> None:
+    try:
+        app()
+    except InputError as err:
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        sys.exit(2)

@@ -1,0 +1,124 @@
+"""Typed training configuration. Fields left at None are filled from the recipe of the chosen model.
+
+Precedence, lowest first: recipe defaults < YAML file (--config) < command-line flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import yaml
+
+from .validation import InputError
+
+# The default model of each task (the best measured one; see benchmarks/quality.py).
+DEFAULT_MODELS = {"substructure": "report-cnn4", "lensfinding": "report-cnn3"}
+
+# Recipes are data. "report" is the evaluation report's training, exactly (sections 2.2.3 and 3.2.3);
+# it does not state a batch size, 64 is ours.
+RECIPES: dict[str, dict[str, dict]] = {
+    "report": {
+        "substructure": dict(epochs=25, batch_size=64, lr=1e-3, weight_decay=1e-4, scheduler="plateau",
+                             normalization="channel", augment=False, tta=False, class_weights="none"),
+        "lensfinding": dict(epochs=20, batch_size=64, lr=1e-3, weight_decay=1e-4, scheduler="plateau",
+                            normalization="channel", augment=False, tta=False, class_weights="balanced"),
+    },
+    "lensfinder": {
+        "substructure": dict(epochs=30, batch_size=64, lr=3e-3, weight_decay=5e-4, scheduler="onecycle",
+                             normalization="asinh", augment=True, tta=True, class_weights="none"),
+        "lensfinding": dict(epochs=20, batch_size=64, lr=3e-3, weight_decay=5e-4, scheduler="onecycle",
+                            normalization="asinh", augment=True, tta=True, class_weights="balanced"),
+    },
+}
+SCHEDULERS = ("plateau", "onecycle", "cosine")
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+@dataclass
+class TrainConfig:
+    task: str  # "substructure" or "lensfinding"
+    data: str  # data root in the task's layout (see README)
+    out: str  # the run folder this training writes
+    model: str | None = None  # registry name; None: the task's default model
+    recipe: str | None = None  # "report" or "lensfinder"; None: "report" for report-* models, else "lensfinder"
+    epochs: int | None = None  # recipe: 25 (substructure) / 20 (lensfinding) for the report
+    batch_size: int | None = None  # recipe: 64
+    lr: float | None = None  # Adam learning rate; report 1e-3 (peak rate for onecycle)
+    weight_decay: float | None = None  # Adam (L2) weight decay; report 1e-4
+    scheduler: str | None = None  # plateau (report: factor 0.5, patience 3 on val loss) | onecycle | cosine
+    normalization: str | None = None  # channel (report) | minmax | asinh | log | none
+    augment: bool | None = None  # random D4 symmetry per training image
+    tta: bool | None = None  # average predictions over the 8 D4 views at evaluation
+    class_weights: str | None = None  # balanced: w_c = N / (K N_c) (report, lens finding) | none
+    val_fraction: float = 0.1  # stratified validation share when the layout has no val split
+    seed: int = 0  # seeds model init, split, shuffling and augmentation
+    num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    accelerator: str = "auto"  # cpu | gpu | auto
+    devices: str = "auto"  # number of devices, or "auto"
+    num_nodes: int = 1  # nodes for multi-node DDP
+    strategy: str = "auto"  # Lightning strategy; "ddp" for several GPUs
+    precision: str = "32-true"  # Lightning precision, e.g. "bf16-mixed" on GPUs
+    allow_pickle: bool = False  # allow pickled object arrays (axion [image, m_a] files): runs code, opt in only
+    cache_dir: str | None = None  # packed-array cache; None: $LENSFINDER_CACHE or ~/.cache/lensfinder
+    stream: bool = False  # train on an endless simulated stream (validation still on --data)
+    stream_preset: str | None = None  # simulator preset of the stream; required with stream
+    steps_per_epoch: int = 200  # batches per epoch when streaming
+    early_stopping: int = 0  # stop after this many epochs without val-loss improvement; 0: never
+    progress: bool = True  # progress bar
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every None filled from the model's recipe, and every value checked."""
+        from .data.layouts import check_task
+        from .models import list_models
+
+        check_task(self.task)
+        model = self.model or DEFAULT_MODELS[self.task]
+        if model not in list_models():
+            raise InputError(f"unknown model {model!r}; known models: {', '.join(list_models())}")
+        recipe = self.recipe or ("report" if model.startswith("report-") else "lensfinder")
+        if recipe not in RECIPES:
+            raise InputError(f"unknown recipe {recipe!r}; expected one of {', '.join(RECIPES)}")
+        filled = {k: v for k, v in RECIPES[recipe][self.task].items() if getattr(self, k) is None}
+        cfg = replace(self, model=model, recipe=recipe, **filled)
+        cfg._check()
+        return cfg
+
+    def _check(self) -> None:
+        from .data.normalize import KINDS
+
+        if self.scheduler not in SCHEDULERS:
+            raise InputError(f"unknown scheduler {self.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
+        if self.normalization not in KINDS:
+            raise InputError(f"unknown normalisation {self.normalization!r}; expected one of {', '.join(KINDS)}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise InputError(f"unknown class weights {self.class_weights!r}; expected one of {', '.join(CLASS_WEIGHTS)}")
+        for name in ("epochs", "batch_size", "lr", "steps_per_epoch"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1:
+            raise InputError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.stream and not self.stream_preset:
+            raise InputError("streaming needs a simulator preset: pass --stream-preset (e.g. deeplense-model-iii or lsst-gri)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, *, source: str = "config") -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+def load_yaml(path: Path) -> dict:
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise InputError(f"{path}: cannot read YAML configuration ({err})") from None
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: expected a mapping of setting: value, found {type(values).__name__}")
+    return values

@@ -1,0 +1,149 @@
+"""Readers for the two DeepLense on-disk layouts (simulation spec, section 3).
+
+substructure: ROOT/<split>/<class>/*.npy        (classes from folder names; default order no, sphere, vort)
+lensfinding:  ROOT/{train,test}_{lenses,nonlenses}/*.npy   (3, 64, 64) each
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..validation import InputError
+
+TASKS = ("substructure", "lensfinding")
+SUBSTRUCTURE_CLASS_ORDER = ("no", "sphere", "vort")
+LENSFINDING_CLASSES = ("nonlens", "lens")
+SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+@dataclass
+class Listing:
+    """The files of one split with their integer labels (index into `class_names`)."""
+
+    paths: list[Path]
+    labels: np.ndarray
+    class_names: list[str]
+    root: Path = field(default=Path("."))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, index: np.ndarray) -> "Listing":
+        return Listing([self.paths[i] for i in index], self.labels[index], self.class_names, self.root)
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.class_names))
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    return task
+
+
+def _npy_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix == ".npy" and p.is_file())
+
+
+def _order_classes(names: list[str]) -> list[str]:
+    known = [c for c in SUBSTRUCTURE_CLASS_ORDER if c in names]
+    return known + sorted(c for c in names if c not in SUBSTRUCTURE_CLASS_ORDER)
+
+
+def discover(root: Path, task: str) -> dict[str, Listing]:
+    """Find every split of a data root. Splits without files are refused, naming the empty folder."""
+    root = Path(root)
+    check_task(task)
+    if not root.is_dir():
+        raise InputError(f"{root}: data root not found (expected a folder in the {task} layout)")
+    return _discover_substructure(root) if task == "substructure" else _discover_lensfinding(root)
+
+
+def _discover_substructure(root: Path) -> dict[str, Listing]:
+    split_dirs = {SPLIT_ALIASES[d.name.lower()]: d for d in sorted(root.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_ALIASES}
+    if "train" not in split_dirs and "test" not in split_dirs:
+        raise InputError(
+            f"{root}: expected the substructure layout ROOT/<split>/<class>/*.npy with split folders "
+            f"train/val/test, found {sorted(d.name for d in root.iterdir() if d.is_dir()) or 'no folders'}"
+        )
+    class_names = _order_classes(sorted({c.name for d in split_dirs.values() for c in d.iterdir() if c.is_dir()}))
+    if len(class_names) < 2:
+        raise InputError(f"{root}: expected at least two class folders (e.g. no, sphere, vort) in each split, found {class_names}")
+    splits = {}
+    for split, split_dir in split_dirs.items():
+        paths, labels = [], []
+        for label, name in enumerate(class_names):
+            class_dir = split_dir / name
+            files = _npy_files(class_dir) if class_dir.is_dir() else []
+            if not files:
+                raise InputError(f"{class_dir}: no .npy files for class {name!r} in split {split!r}")
+            paths += files
+            labels += [label] * len(files)
+        splits[split] = Listing(paths, np.asarray(labels, dtype=np.int64), class_names, root)
+    return splits
+
+
+def _discover_lensfinding(root: Path) -> dict[str, Listing]:
+    splits = {}
+    for split in ("train", "test"):
+        folders = [root / f"{split}_nonlenses", root / f"{split}_lenses"]
+        present = [f.is_dir() for f in folders]
+        if not any(present):
+            continue
+        paths, labels = [], []
+        for label, folder in enumerate(folders):
+            files = _npy_files(folder) if folder.is_dir() else []
+            if not files:
+                raise InputError(f"{folder}: no .npy files (the lens-finding layout needs both {split}_lenses and {split}_nonlenses)")
+            paths += files
+            labels += [label] * len(files)
+        splits[split] = Listing(paths, np.asarray(labels, dtype=np.int64), list(LENSFINDING_CLASSES), root)
+    if not splits:
+        raise InputError(
+            f"{root}: expected the lens-finding layout with folders train_lenses, train_nonlenses, test_lenses, "
+            f"test_nonlenses; found {sorted(d.name for d in root.iterdir() if d.is_dir()) or 'no folders'}"
+        )
+    return splits
+
+
+def stratified_split(labels: np.ndarray, *, val_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) with the same class balance in both, reproducible for a given seed."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rng.shuffle(members)
+        n_val = max(1, int(round(val_fraction * len(members)))) if len(members) > 1 else 0
+        val_idx.append(members[:n_val])
+        train_idx.append(members[n_val:])
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+
+
+def train_val_listings(splits: dict[str, Listing], *, val_fraction: float, seed: int) -> tuple[Listing, Listing]:
+    """The train and validation listings; without a val split, a stratified split of train."""
+    if "train" not in splits:
+        raise InputError(f"{next(iter(splits.values())).root}: no training split found (need a train folder)")
+    if "val" in splits:
+        return splits["train"], splits["val"]
+    train = splits["train"]
+    train_idx, val_idx = stratified_split(train.labels, val_fraction=val_fraction, seed=seed)
+    return train.subset(train_idx), train.subset(val_idx)
+
+
+def write_split_record(path: Path, val: Listing, *, seed: int, val_fraction: float) -> None:
+    """Record which files a seeded split sent to validation, relative to the data root."""
+    payload = {"seed": seed, "val_fraction": val_fraction, "val_files": [os.path.relpath(p, val.root) for p in val.paths]}
+    write_text_atomic(path, json.dumps(payload, indent=1))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,84 @@
+"""The LightningModule: normalisation + registered model + loss, logging per stage (train/loss, val/auc)."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.normalize import Normalizer
+from ..data.transforms import d4_transform, random_d4
+from ..metrics import roc_auc_ovr
+from ..models import create_model
+
+
+class LensModule(L.LightningModule):
+    def __init__(self, *, task: str, model_name: str, in_channels: int, num_classes: int, image_size: int,
+                 class_names: list[str], normalization: dict, class_weights: list[float] | None,
+                 lr: float, weight_decay: float, scheduler: str, augment: bool, tta: bool,
+                 preset: str | None = None, model_kwargs: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = create_model(model_name, in_channels, num_classes, image_size=image_size, **(model_kwargs or {}))
+        self.normalizer = Normalizer.from_state(normalization)
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weight", weights, persistent=False)
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalizer(x))
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor, *, tta: bool | None = None) -> torch.Tensor:
+        """Class probabilities; with test-time averaging, the mean over the 8 D4 views."""
+        use_tta = self.hparams.tta if tta is None else tta
+        views = range(8) if use_tta else range(1)
+        return torch.stack([F.softmax(self(d4_transform(x, k)), dim=1) for k in views]).mean(0)
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, weight=self.class_weight)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.hparams.augment:
+            x = random_d4(x)
+        logits = self(x)
+        loss = self._loss(logits, y)
+        acc = (logits.argmax(1) == y).float().mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.log("val/loss", self._loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.log("val/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True, batch_size=len(y), sync_dist=True)
+        self._val_outputs.append((F.softmax(logits, 1).detach(), y.detach()))
+
+    def on_validation_epoch_end(self):
+        if not self._val_outputs:
+            return
+        probs = torch.cat([p for p, _ in self._val_outputs])
+        labels = torch.cat([y for _, y in self._val_outputs])
+        self._val_outputs.clear()
+        if self.trainer.world_size > 1:
+            probs = self.all_gather(probs).flatten(0, 1)
+            labels = self.all_gather(labels).flatten(0, 1)
+        labels_np = labels.cpu().numpy()
+        if len(np.unique(labels_np)) == self.hparams.num_classes:
+            auc = roc_auc_ovr(labels_np, probs.float().cpu().numpy())["macro"]
+            self.log("val/auc", float(auc), prog_bar=True, sync_dist=False)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=3)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"}}
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        if self.hparams.scheduler == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=total_steps, pct_start=0.2)
+        else:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

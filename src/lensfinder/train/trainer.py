@@ -1,0 +1,52 @@
+"""`get_trainer(run_dir, ...)`: the one place that owns checkpointing, history, early stopping and devices."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from .history import HistoryCSV
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file and rename it, so a crash never leaves a torn checkpoint."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+def get_trainer(run_dir: Path, *, max_epochs: int, accelerator: str = "auto", devices: str | int = "auto",
+                num_nodes: int = 1, strategy: str = "auto", precision: str = "32-true", early_stopping: int = 0,
+                progress: bool = True, limit_train_batches: int | float | None = None) -> L.Trainer:
+    run_dir = Path(run_dir)
+    callbacks: list[Callback] = [
+        # Keep the checkpoint with the best validation loss (the report's choice), plus the last one for --resume.
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", mode="min",
+                        save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
+        HistoryCSV(run_dir / "history.csv"),
+    ]
+    if early_stopping:
+        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=early_stopping))
+    return L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=max_epochs,
+        accelerator=accelerator,
+        devices=int(devices) if str(devices).isdigit() else devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+        limit_train_batches=limit_train_batches,
+        log_every_n_steps=10,
+        num_sanity_val_steps=0,
+    )
