@@ -1,0 +1,311 @@
+"""Write simulated data sets to disk: deterministic (per-object seeds), atomic (temp file +
+os.replace) and resumable (a journal of finished objects, merged into manifest.csv at the end)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import population as pop
+from .engine import LensfindingSimulator, SubstructureSimulator
+from .presets import load_preset
+
+SUBSTRUCTURE_SPLITS = ("train", "val", "test")
+LENSFINDING_FOLDERS = {"train_lenses": ("train", "lens"), "train_nonlenses": ("train", "nonlens"),
+                       "test_lenses": ("test", "lens"), "test_nonlenses": ("test", "nonlens")}
+PUBLISHED_LENSFINDING_COUNTS = {"train_lenses": 1730, "train_nonlenses": 28675,
+                                "test_lenses": 195, "test_nonlenses": 19455}
+JOURNAL = ".manifest.jsonl"
+# CPU renders in chunks of about this many pixels so that temporaries stay in cache
+_CPU_CHUNK_PIXELS = 160 * 160 * 8
+
+SUBSTRUCTURE_COLUMNS = [
+    "id", "path", "split", "label", "index", "seed", "preset", "distances", "noise", "theta_e_arcsec",
+    "source_x_arcsec", "source_y_arcsec", "n_subhalos", "subhalo_mass_total_msun", "subhalo_mass_min_msun",
+    "subhalo_mass_median_msun", "subhalo_mass_max_msun", "axion_mass_ev", "vortex_half_length_arcsec",
+    "vortex_angle_rad", "exposure_s"]
+LENSFINDING_COLUMNS = [
+    "id", "path", "split", "label", "folder", "index", "seed", "preset", "theta_e_arcsec", "source_mag_i",
+    "magnification", "arc_snr", "deflector_mag_i", "deflector_type", "confuser_kind", "n_neighbours", "n_stars",
+    "shear_gamma1", "shear_gamma2", "shear_gamma", "deflector_q", "deflector_r_eff_arcsec", "mass_q",
+    "deflector_x_arcsec", "deflector_y_arcsec", "source_x_arcsec", "source_y_arcsec", "source_offset_theta_e",
+    "source_r_eff_arcsec", "n_clumps"]
+
+
+# ----------------------------------------------------------------------------- validation
+def _check_counts(counts, allowed) -> dict[str, int]:
+    if not isinstance(counts, dict) or not counts:
+        raise ValueError(f"counts: expected a dict with keys among {list(allowed)}, found {counts!r}")
+    out = {}
+    for key, value in counts.items():
+        if key not in allowed:
+            raise ValueError(f"counts: unknown key {key!r}; expected keys among {list(allowed)}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"counts[{key!r}]: expected a non-negative integer, found {value!r}")
+        out[key] = int(value)
+    return out
+
+
+def _check_batch(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, found {batch_size!r}")
+    return int(batch_size)
+
+
+# ----------------------------------------------------------------------------- file helpers
+def save_npy_atomic(path: Path, array, *, allow_pickle: bool = False) -> None:
+    """np.save to a temp file in the same folder, then os.replace: a file exists only if complete."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=allow_pickle)
+    os.replace(tmp, path)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _versions() -> dict:
+    import caustics
+    import torch
+
+    import lensfinder
+    return {"lensfinder": getattr(lensfinder, "__version__", "unknown"), "torch": str(torch.__version__),
+            "caustics": str(getattr(caustics, "__version__", "unknown")), "numpy": str(np.__version__)}
+
+
+def _clean(value):
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+class _Journal:
+    """Finished objects: rows of an existing manifest.csv plus the append-only journal."""
+
+    def __init__(self, out_dir: Path, columns: list[str]):
+        self.out_dir, self.columns = out_dir, columns
+        self.path = out_dir / JOURNAL
+        self.rows: dict[str, dict] = {}
+        manifest = out_dir / "manifest.csv"
+        if manifest.exists():
+            with open(manifest, newline="") as f:
+                for row in csv.DictReader(f):
+                    self.rows[row["id"]] = row
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a torn last line from an interrupted run
+                    continue
+                self.rows[row["id"]] = row
+
+    def done(self, obj_id: str, rel_path: str) -> bool:
+        return obj_id in self.rows and (self.out_dir / rel_path).exists()
+
+    def append(self, rows: list[dict]) -> None:
+        rows = [{k: _clean(v) for k, v in r.items()} for r in rows]
+        with open(self.path, "a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+        for r in rows:
+            self.rows[r["id"]] = r
+
+    def finish(self, wanted_ids: list[str]) -> None:
+        """Write manifest.csv (wanted objects, in order) atomically and drop the journal."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for obj_id in wanted_ids:
+            row = {k: ("" if v is None else v) for k, v in self.rows[obj_id].items()}
+            writer.writerow(row)
+        _write_text_atomic(self.out_dir / "manifest.csv", buf.getvalue())
+        self.path.unlink(missing_ok=True)
+
+
+def _check_run_config(out_dir: Path, config: dict) -> None:
+    """Refuse to mix a different simulation into an existing folder."""
+    path = out_dir / "simulation.yaml"
+    if not path.exists():
+        return
+    old = yaml.safe_load(path.read_text()) or {}
+    for key, value in config.items():
+        if key in old and old[key] != value:
+            raise ValueError(f"{out_dir}: holds a simulation with {key}={old[key]!r}, asked for {value!r}; "
+                             "use another --out folder or the same settings to resume")
+
+
+def _progress(enabled: bool, total: int, description: str):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeRemainingColumn)
+    from rich.text import Text
+
+    class _Rate(ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.speed:,.0f} img/s" if task.speed else "- img/s")
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
+                        TimeRemainingColumn(), disable=not enabled)
+    return progress, description, total
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _run(out_dir: Path, jobs: list[dict], *, columns, config, batch_size, chunk, progress, render_batch,
+         description) -> Path:
+    """Shared driver: jobs are dicts with id, rel (path), group (objects of one group batch together)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_config(out_dir, {k: config[k] for k in ("task", "preset", "seed", "options")})
+    journal = _Journal(out_dir, columns)
+    todo = [j for j in jobs if not journal.done(j["id"], j["rel"])]
+    for folder in {str(Path(j["rel"]).parent) for j in jobs}:
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    bar, desc, total = _progress(progress, len(todo), description)
+    with bar:
+        task = bar.add_task(desc, total=total)
+        groups: dict = {}
+        for j in todo:
+            groups.setdefault(j["group"], []).append(j)
+        for group_jobs in groups.values():
+            for batch in _chunks(group_jobs, batch_size):
+                rows = []
+                for sub in _chunks(batch, chunk):
+                    rows += render_batch(sub)
+                journal.append(rows)
+                bar.advance(task, len(batch))
+    journal.finish([j["id"] for j in jobs])
+    _write_text_atomic(out_dir / "simulation.yaml", yaml.safe_dump(
+        dict(config, versions=_versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S")), sort_keys=False))
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- task 1
+def simulate_substructure(out_dir, *, preset: str, counts: dict[str, int], seed: int = 0, batch_size: int = 256,
+                          device: str = "cpu", distances: str | None = None, noise: bool | None = None,
+                          progress: bool = True, axion_pickle: bool = False) -> Path:
+    """Simulate a Task-1 set: ``out_dir/<split>/<class>/<id>.npy`` float32 (1, H, W), with
+    ``counts`` images per class for each split (train / val / test), plus manifest.csv and
+    simulation.yaml. ``axion_pickle`` writes vort files as the published pickled ``[image, m_a]``."""
+    cfg = load_preset(preset, task="substructure")
+    counts = _check_counts(counts, SUBSTRUCTURE_SPLITS)
+    batch_size = _check_batch(batch_size)
+    if distances not in (None, "luminosity", "angular"):
+        raise ValueError(f"distances: expected 'luminosity' or 'angular', found {distances!r}")
+    sim = SubstructureSimulator(cfg, distances=distances, device=device)
+    use_noise = cfg["noise"]["default"] if noise is None else bool(noise)
+    out_dir = Path(out_dir)
+    jobs = []
+    for split, n in counts.items():
+        for ci, cls in enumerate(pop.SUBSTRUCTURE_CLASSES):
+            for i in range(n):
+                obj_id = f"{split}_{cls}_{i:06d}"
+                jobs.append({"id": obj_id, "rel": f"{split}/{cls}/{obj_id}.npy", "split": split, "cls": cls,
+                             "ci": ci, "index": i, "group": (split, cls)})
+    scale = cfg["output_scale"] if not use_noise else 1.0
+
+    def render_batch(batch):
+        rngs = [pop.object_rngs(seed, "substructure", j["split"], j["ci"], j["index"]) for j in batch]
+        params = [pop.sample_substructure(r[0], j["cls"], cfg, distances_mpc=sim.distances_mpc)
+                  for r, j in zip(rngs, batch)]
+        images = sim.render(params)[:, 0].cpu().numpy()
+        rows = []
+        for j, p, (_, noise_rng), img in zip(batch, params, rngs, images):
+            img = img.astype(np.float64)
+            img = sim.add_noise(img, p, noise_rng) if use_noise else img * scale
+            img = img.astype(np.float32)
+            if axion_pickle and j["cls"] == "vort":
+                obj = np.empty(2, dtype=object)
+                obj[0], obj[1] = img, float(p["axion_mass_ev"])
+                save_npy_atomic(out_dir / j["rel"], obj, allow_pickle=True)
+            else:
+                save_npy_atomic(out_dir / j["rel"], img[None])
+            row = {"id": j["id"], "path": j["rel"], "split": j["split"], "label": j["cls"], "index": j["index"],
+                   "seed": seed, "preset": preset, "distances": sim.distances, "noise": use_noise,
+                   "theta_e_arcsec": sim.theta_e_arcsec}
+            row.update({c: p[c] for c in SUBSTRUCTURE_COLUMNS if c in p})
+            rows.append(row)
+        return rows
+
+    chunk = batch_size if sim.device.type != "cpu" else max(1, _CPU_CHUNK_PIXELS // sim.num_pix**2)
+    config = {"task": "substructure", "preset": preset, "seed": seed,
+              "options": {"distances": sim.distances, "noise": use_noise, "axion_pickle": axion_pickle},
+              "counts_per_class": counts, "classes": list(pop.SUBSTRUCTURE_CLASSES)}
+    return _run(out_dir, jobs, columns=SUBSTRUCTURE_COLUMNS, config=config, batch_size=batch_size, chunk=chunk,
+                progress=progress, render_batch=render_batch, description=f"simulate {preset}")
+
+
+# ----------------------------------------------------------------------------- task 2
+def simulate_lensfinding(out_dir, *, preset: str = "lsst-gri", counts: dict[str, int] | None = None, seed: int = 0,
+                         batch_size: int = 256, device: str = "cpu", progress: bool = True) -> Path:
+    """Simulate a Task-2 set: ``out_dir/{train,test}_{lenses,nonlenses}/<id>.npy`` float32 (3, 64, 64)
+    in nanomaggies (g, r, i), plus manifest.csv and simulation.yaml. ``counts=None`` gives the
+    published counts (1730 / 28675 / 195 / 19455)."""
+    cfg = load_preset(preset, task="lensfinding")
+    counts = _check_counts(dict(PUBLISHED_LENSFINDING_COUNTS) if counts is None else counts, LENSFINDING_FOLDERS)
+    batch_size = _check_batch(batch_size)
+    sim = LensfindingSimulator(cfg, device=device)
+    out_dir = Path(out_dir)
+    jobs = []
+    for folder, n in counts.items():
+        split, label = LENSFINDING_FOLDERS[folder]
+        for i in range(n):
+            obj_id = f"{folder}_{i:06d}"
+            jobs.append({"id": obj_id, "rel": f"{folder}/{obj_id}.npy", "split": split, "label": label,
+                         "folder": folder, "index": i, "group": folder})
+
+    def render_batch(batch):
+        return [dict(row, path=j["rel"], split=j["split"], folder=j["folder"], index=j["index"], seed=seed,
+                     preset=preset, id=j["id"])
+                for j, row in zip(batch, _render_lensfinding(sim, batch, seed, out_dir))]
+
+    chunk = batch_size if sim.device.type != "cpu" else 32
+    config = {"task": "lensfinding", "preset": preset, "seed": seed, "options": {},
+              "counts": counts, "bands": list(sim.band_names), "units": "nanomaggies (AB zero point 22.5)"}
+    return _run(out_dir, jobs, columns=LENSFINDING_COLUMNS, config=config, batch_size=batch_size, chunk=chunk,
+                progress=progress, render_batch=render_batch, description=f"simulate {preset}")
+
+
+def lensfinding_rows(sim: LensfindingSimulator, params: list[dict], out: dict, noise_rngs) -> tuple[list, list]:
+    """Noisy images (C, H, W) float32 and manifest rows for a rendered lens-finding batch."""
+    models = out["model"].cpu().numpy().astype(np.float64)
+    sources = out["source"].cpu().numpy().astype(np.float64)
+    lensed_i = out["source_flux"][:, -1].cpu().numpy().astype(np.float64)
+    images, rows = [], []
+    for p, model, source, flux_i, rng in zip(params, models, sources, lensed_i, noise_rngs):
+        images.append(sim.add_noise(model, rng).astype(np.float32))
+        is_lens = p["theta_e_arcsec"] > 0
+        row = {k: v for k, v in p.items() if not isinstance(v, list)}
+        row.update(label="lens" if is_lens else "nonlens",
+                   magnification=flux_i / p["source_flux_i_nmgy"] if is_lens else np.nan,
+                   arc_snr=sim.arc_snr(source, model) if is_lens else 0.0,
+                   shear_gamma=float(np.hypot(p["shear_gamma1"], p["shear_gamma2"])))
+        rows.append(row)
+    return images, rows
+
+
+def _render_lensfinding(sim, batch, seed, out_dir):
+    rngs = [pop.object_rngs(seed, "lensfinding", j["split"], pop.LENSFINDING_CLASSES.index(j["label"]), j["index"])
+            for j in batch]
+    params = [pop.sample_lensfinding(r[0], j["label"] == "lens", sim.preset) for r, j in zip(rngs, batch)]
+    images, rows = lensfinding_rows(sim, params, sim.render(params), [r[1] for r in rngs])
+    for j, img in zip(batch, images):
+        save_npy_atomic(out_dir / j["rel"], img)
+    return rows
