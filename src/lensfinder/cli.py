@@ -117,6 +117,20 @@ def predict(
 
 
 @app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="folder for the demo's data, runs and report"),
+    scale: str = typer.Option("small", help="small (minutes on a laptop) | full (published counts, report epochs)"),
+    seed: int = typer.Option(0),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Simulate both tasks, train the report's baselines and lensfinder's defaults, and compare them in one report."""
+    from .demo import run_demo
+
+    report = run_demo(out, scale=scale, seed=seed, progress=progress)
+    typer.echo(f"comparison report: {report}")
+
+
+@app.command()
 def models():
     """List the registered models."""
     from .models import describe_models

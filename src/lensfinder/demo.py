@@ -1,0 +1,64 @@
+"""`lensfinder demo`: simulate both tasks, train the report's baseline and lensfinder's default model on
+each, evaluate all four on held-out data and write one comparison report.
+
+The `small` scale fits a fresh 2-core laptop in minutes: fewer images and epochs than the report, so its
+numbers show the pipeline working end to end, not the models' ceiling (see benchmarks/quality.py).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .config import DEFAULT_MODELS, TrainConfig
+from .data.layouts import write_text_atomic
+from .evaluate.evaluate import evaluate
+from .evaluate.report import write_comparison
+from .train.run import train
+
+# Data sizes and epoch budgets per scale (per class for substructure; per folder for lens finding).
+SCALES = {
+    "small": {
+        "substructure": {"preset": "deeplense-model-iii", "counts": {"train": 300, "val": 100, "test": 200},
+                         "epochs": {"baseline": 8, "default": 12}},
+        "lensfinding": {"preset": "lsst-gri", "counts": {"train_lenses": 200, "train_nonlenses": 2000,
+                                                         "test_lenses": 60, "test_nonlenses": 3000},
+                        "epochs": {"baseline": 6, "default": 10}},
+    },
+    "full": {
+        "substructure": {"preset": "deeplense-model-iii", "counts": {"train": 10000, "val": 2500, "test": 2500},
+                         "epochs": {"baseline": None, "default": None}},
+        "lensfinding": {"preset": "lsst-gri", "counts": None, "epochs": {"baseline": None, "default": None}},
+    },
+}
+BASELINES = {"substructure": "report-cnn4", "lensfinding": "report-cnn3"}
+
+
+def run_demo(out: Path, *, scale: str = "small", seed: int = 0, progress: bool = True) -> Path:
+    from .simulate import simulate_lensfinding, simulate_substructure
+
+    if scale not in SCALES:
+        raise ValueError(f"unknown demo scale {scale!r}; expected one of {', '.join(SCALES)}")
+    out = Path(out)
+    runs: dict[str, Path] = {}
+    timings = []
+    for task, plan in SCALES[scale].items():
+        data = out / "data" / task
+        start = time.perf_counter()
+        if task == "substructure":
+            simulate_substructure(data, preset=plan["preset"], counts=plan["counts"], seed=seed, progress=progress)
+        else:
+            simulate_lensfinding(data, preset=plan["preset"], counts=plan["counts"], seed=seed, progress=progress)
+        timings.append((f"simulate {task}", time.perf_counter() - start))
+        for role, model in (("baseline", BASELINES[task]), ("default", DEFAULT_MODELS[task])):
+            run_dir = out / "runs" / f"{task}-{role}-{model}"
+            start = time.perf_counter()
+            config = TrainConfig(task=task, data=str(data), out=str(run_dir), model=model, epochs=plan["epochs"][role],
+                                 seed=seed, progress=progress)
+            run = train(config, resume=(run_dir / "checkpoints" / "last.ckpt").exists())
+            evaluate(run, data, split="test")
+            timings.append((f"train + evaluate {task} {model}", time.perf_counter() - start))
+            runs[f"{task}: {role} ({model})"] = run_dir
+    report = write_comparison(runs, out / "report.html", title=f"lensfinder demo ({scale} scale): report baselines vs lensfinder defaults")
+    write_text_atomic(out / "timings.txt", "".join(f"{name}\t{seconds:.1f} s\n" for name, seconds in timings))
+    return report
