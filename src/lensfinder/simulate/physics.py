@@ -35,7 +35,7 @@ def lens_distances_mpc(z_lens: float, z_source: float, *, h0: float, om0: float,
     if convention == "angular":
         return (cosmo.angular_diameter_distance(z_lens).value,
                 cosmo.angular_diameter_distance(z_source).value,
-                cosmo.angular_diameter_distance_z1z2(z_lens, z_source).value)
+                cosmo.angular_diameter_distance(z_lens, z_source).value)
     raise ValueError(f"distances must be 'luminosity' or 'angular', found {convention!r}")
 
 
