@@ -1,0 +1,174 @@
+"""Writers: layout, manifest, determinism across batch sizes, resume, atomicity, errors, CLI."""
+
+import csv
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from lensfinder.simulate import simulate_lensfinding, simulate_substructure
+
+LF_COUNTS = {"train_lenses": 3, "train_nonlenses": 6, "test_lenses": 1, "test_nonlenses": 2}
+
+
+def _files(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.npy"))
+
+
+def _bytes(root):
+    return {f: (root / f).read_bytes() for f in _files(root)}
+
+
+@pytest.fixture(scope="module")
+def sub_dirs(tmp_path_factory):
+    a, b = tmp_path_factory.mktemp("sub_b3"), tmp_path_factory.mktemp("sub_b7")
+    kw = dict(preset="deeplense-model-i", counts={"train": 3, "test": 1}, seed=4, progress=False)
+    simulate_substructure(a, batch_size=3, **kw)
+    simulate_substructure(b, batch_size=7, **kw)
+    return a, b
+
+
+def test_substructure_layout_shapes_and_manifest(sub_dirs):
+    root = sub_dirs[0]
+    files = _files(root)
+    assert len(files) == 3 * (3 + 1)
+    for cls in ("no", "sphere", "vort"):
+        assert len(list((root / "train" / cls).glob("*.npy"))) == 3
+    img = np.load(root / files[0])
+    assert img.dtype == np.float32 and img.shape == (1, 150, 150)
+    assert np.all(img >= 0) and img.max() > 100  # model-i: Poisson counts
+    m = pd.read_csv(root / "manifest.csv")
+    assert len(m) == len(files) and m["id"].is_unique
+    assert set(m["path"]) == set(files)
+    assert all(m["id"] == [p.rsplit("/", 1)[1][:-4] for p in m["path"]])
+    for col in ("id", "path", "split", "label", "seed", "source_x_arcsec", "source_y_arcsec", "theta_e_arcsec",
+                "n_subhalos", "subhalo_mass_total_msun", "subhalo_mass_median_msun", "axion_mass_ev",
+                "vortex_half_length_arcsec", "vortex_angle_rad", "exposure_s"):
+        assert col in m.columns
+    assert set(m["label"]) == {"no", "sphere", "vort"} and set(m["split"]) == {"train", "test"}
+    assert (m.loc[m.label == "sphere", "n_subhalos"] == 25).all()
+    vort = m[m.label == "vort"]
+    np.testing.assert_allclose(vort["vortex_half_length_arcsec"], 0.03e-22 / vort["axion_mass_ev"], rtol=1e-9)
+    assert m.loc[m.label == "no", "axion_mass_ev"].isna().all()
+    assert m["exposure_s"].between(1e3, 10**3.5).all()
+    cfg = yaml.safe_load((root / "simulation.yaml").read_text())
+    assert cfg["preset"] == "deeplense-model-i" and cfg["seed"] == 4 and "versions" in cfg
+    assert not list(root.rglob("*.tmp")) and not (root / ".manifest.jsonl").exists()
+
+
+def test_same_seed_gives_identical_files_whatever_the_batch_size(sub_dirs):
+    a, b = sub_dirs
+    assert _bytes(a) == _bytes(b)
+    assert (a / "manifest.csv").read_bytes() == (b / "manifest.csv").read_bytes()
+
+
+def test_other_seed_gives_other_images(tmp_path, sub_dirs):
+    simulate_substructure(tmp_path, preset="deeplense-model-i", counts={"test": 1}, seed=5, progress=False)
+    assert (tmp_path / "test/no/test_no_000000.npy").read_bytes() != (sub_dirs[0] / "test/no/test_no_000000.npy").read_bytes()
+
+
+def test_resume_after_deleting_files_and_a_torn_journal(tmp_path, sub_dirs):
+    ref = sub_dirs[0]
+    kw = dict(preset="deeplense-model-i", counts={"train": 3, "test": 1}, seed=4, progress=False)
+    simulate_substructure(tmp_path, batch_size=2, **kw)
+    # an interrupted run: files lost, manifest gone, journal with a torn line
+    for f in ("train/vort/train_vort_000001.npy", "test/no/test_no_000000.npy"):
+        (tmp_path / f).unlink()
+    (tmp_path / "manifest.csv").unlink()
+    (tmp_path / ".manifest.jsonl").write_text('{"id": "train_no_000000", "path": "train/no/train_no_0')
+    simulate_substructure(tmp_path, batch_size=5, **kw)
+    assert _bytes(tmp_path) == _bytes(ref)
+    assert (tmp_path / "manifest.csv").read_bytes() == (ref / "manifest.csv").read_bytes()
+
+
+def test_resume_skips_finished_objects_and_grows_counts(tmp_path):
+    kw = dict(preset="deeplense-model-iii", seed=1, progress=False)
+    simulate_substructure(tmp_path, counts={"train": 2}, **kw)
+    before = {f: os.stat(tmp_path / f).st_mtime_ns for f in _files(tmp_path)}
+    simulate_substructure(tmp_path, counts={"train": 3}, **kw)
+    after = _files(tmp_path)
+    assert len(after) == 9 and all(os.stat(tmp_path / f).st_mtime_ns == t for f, t in before.items())
+    rows = list(csv.DictReader(open(tmp_path / "manifest.csv")))
+    assert len(rows) == 9 and len({r["id"] for r in rows}) == 9
+    with pytest.raises(ValueError, match="seed=1"):
+        simulate_substructure(tmp_path, counts={"train": 3}, preset="deeplense-model-iii", seed=2, progress=False)
+
+
+def test_noise_options_and_axion_pickle(tmp_path):
+    out = simulate_substructure(tmp_path / "a", preset="deeplense-model-ii", counts={"val": 1}, progress=False,
+                                axion_pickle=True)
+    plain = np.load(out / "val/no/val_no_000000.npy")
+    assert plain.shape == (1, 64, 64)
+    obj = np.load(out / "val/vort/val_vort_000000.npy", allow_pickle=True)
+    assert obj.dtype == object and obj[0].shape == (64, 64)
+    m = pd.read_csv(out / "manifest.csv")
+    assert obj[1] == pytest.approx(m.loc[m.label == "vort", "axion_mass_ev"].iloc[0], rel=1e-12)
+    with pytest.raises(ValueError):
+        np.load(out / "val/vort/val_vort_000000.npy")  # pickles are refused unless opted in
+    noisy = simulate_substructure(tmp_path / "b", preset="deeplense-model-ii", counts={"val": 1}, noise=True,
+                                  progress=False)
+    img = np.load(noisy / "val/no/val_no_000000.npy")
+    # published model-ii is 2 x model, noise-free; the noisy option is model + Euclid noise
+    assert np.abs(img - plain / 2).max() > 0 and (img - plain / 2).std() < 0.2 * plain.max()
+
+
+def test_bad_arguments_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="known presets: deeplense-model-i"):
+        simulate_substructure(tmp_path, preset="model-iv", counts={"train": 1})
+    with pytest.raises(ValueError, match="non-negative integer"):
+        simulate_substructure(tmp_path, preset="deeplense-model-i", counts={"train": -1})
+    with pytest.raises(ValueError, match="unknown key 'training'"):
+        simulate_substructure(tmp_path, preset="deeplense-model-i", counts={"training": 1})
+    with pytest.raises(ValueError, match="substructure preset"):
+        simulate_lensfinding(tmp_path, preset="deeplense-model-i", counts=LF_COUNTS)
+    with pytest.raises(ValueError, match="distances"):
+        simulate_substructure(tmp_path, preset="deeplense-model-i", counts={"train": 1}, distances="comoving")
+
+
+def test_lensfinding_layout_counts_and_manifest(tmp_path):
+    simulate_lensfinding(tmp_path / "a", counts=LF_COUNTS, seed=2, batch_size=3, progress=False)
+    simulate_lensfinding(tmp_path / "b", counts=LF_COUNTS, seed=2, batch_size=7, progress=False)
+    root = tmp_path / "a"
+    for folder, n in LF_COUNTS.items():
+        files = list((root / folder).glob("*.npy"))
+        assert len(files) == n
+        img = np.load(files[0])
+        assert img.dtype == np.float32 and img.shape == (3, 64, 64)
+    assert _bytes(root) == _bytes(tmp_path / "b")
+    m = pd.read_csv(root / "manifest.csv")
+    for col in ("id", "path", "split", "label", "seed", "theta_e_arcsec", "source_mag_i", "magnification", "arc_snr",
+                "deflector_mag_i", "deflector_type", "confuser_kind", "n_neighbours", "n_stars", "shear_gamma"):
+        assert col in m.columns
+    assert (m.label == "lens").sum() == 4 and (m.label == "nonlens").sum() == 8
+    lenses = m[m.label == "lens"]
+    assert lenses["theta_e_arcsec"].between(0.5, 2.5).all() and lenses["source_mag_i"].between(21, 25.5).all()
+    assert (lenses["magnification"] > 1).all() and (lenses["arc_snr"] > 0).all()
+    assert m["deflector_mag_i"].between(17, 21).all()
+
+
+def test_published_lensfinding_counts_are_the_default():
+    import inspect
+
+    from lensfinder.simulate import writer
+
+    assert writer.PUBLISHED_LENSFINDING_COUNTS == {"train_lenses": 1730, "train_nonlenses": 28675,
+                                                   "test_lenses": 195, "test_nonlenses": 19455}
+    assert inspect.signature(simulate_lensfinding).parameters["counts"].default is None
+
+
+def test_cli_runs_once_and_rejects_bad_arguments(tmp_path):
+    from typer.testing import CliRunner
+
+    from lensfinder.simulate.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["lensfinding", "--out", str(tmp_path), "--train-lenses", "1", "--train-nonlenses", "1",
+                             "--test-lenses", "0", "--test-nonlenses", "0", "--batch-size", "2"])
+    assert ok.exit_code == 0, ok.output
+    assert len(_files(tmp_path)) == 2
+    bad = runner.invoke(app, ["substructure", "--preset", "nope", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "known presets" in bad.output and "Traceback" not in bad.output
+    neg = runner.invoke(app, ["substructure", "--train", "-3", "--out", str(tmp_path / "y")])
+    assert neg.exit_code == 2 and "non-negative" in neg.output
