@@ -74,6 +74,12 @@ def test_lensfinding_round_trip_learns_and_reports_survey_metrics(tmp_path, lens
     assert scores == sorted(scores, reverse=True) and rows[0]["rank"] == "1"
     assert sum("test_lenses" in r["path"] for r in rows[:10]) >= 6
 
+    shards = [list(csv.DictReader(open(predict_catalog([lensfinding_root / "test_lenses"], tmp_path / f"s{k}.csv",
+                                                       run=run.path, shard=(k, 3))))) for k in range(3)]
+    assert sorted(r["path"] for part in shards for r in part) == sorted(str(p) for p in (lensfinding_root / "test_lenses").iterdir())
+    with pytest.raises(InputError, match="shard 3/3"):
+        predict_catalog([lensfinding_root / "test_lenses"], tmp_path / "s.csv", run=run.path, shard=(3, 3))
+
 
 def test_resume_continues_from_last_checkpoint(tmp_path, substructure_root):
     out = tmp_path / "run"

@@ -106,14 +106,24 @@ def predict(
     num_workers: int = typer.Option(0),
     allow_pickle: bool = typer.Option(False, "--allow-pickle"),
     bands: Optional[str] = typer.Option(None, help="one FITS file per band: comma-separated band suffixes, e.g. g,r,i"),
+    shard: Optional[str] = typer.Option(None, help="K/N: score only every N-th object from K (one job of N on a cluster)"),
 ):
     """Score cutouts and write a CSV ranked by lens (or class) probability."""
     from .evaluate.predict import predict_catalog
 
     path = predict_catalog(inputs, out, run=run, task=task, batch_size=batch_size, tta=tta, device=device,
                            num_workers=num_workers, allow_pickle=allow_pickle,
-                           band_suffixes=[b.strip() for b in bands.split(",")] if bands else None)
+                           band_suffixes=[b.strip() for b in bands.split(",")] if bands else None,
+                           shard=_parse_shard(shard) if shard else None)
     typer.echo(f"predictions written to {path}")
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard {text!r}: expected K/N, e.g. 0/8") from None
+    return index, count
 
 
 @app.command()

@@ -120,9 +120,13 @@ class CutoutDataset(Dataset):
 
 def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, task: str | None = None,
                     batch_size: int = 512, tta: bool | None = None, device: str = "auto", num_workers: int = 0,
-                    allow_pickle: bool = False, band_suffixes: list[str] | None = None) -> Path:
+                    allow_pickle: bool = False, band_suffixes: list[str] | None = None,
+                    shard: tuple[int, int] | None = None) -> Path:
     """Write `out` (CSV): rank, path, p_<class> for each class, predicted; ranked by the positive-class
-    probability (binary tasks) or by the confidence of the predicted class (multi-class)."""
+    probability (binary tasks) or by the confidence of the predicted class (multi-class).
+
+    `shard=(k, n)` scores every n-th object starting at k (0-based), so n jobs on a cluster split a
+    catalogue between them without coordination; merge their CSVs by score afterwards."""
     out = Path(out)
     if not out.name.lower().endswith(OUTPUT_SUFFIXES):
         raise InputError(f"{out}: unsupported output type; expected one of {', '.join(OUTPUT_SUFFIXES)}")
@@ -132,6 +136,11 @@ def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, t
         objects = group_bands([f for f in files if _is_fits(f)], band_suffixes)
     else:
         objects = [(str(f), [f]) for f in files]
+    if shard is not None:
+        index, count = shard
+        if not 0 <= index < count:
+            raise InputError(f"shard {index}/{count}: expected 0 <= K < N in --shard K/N")
+        objects = objects[index::count]
     dataset = CutoutDataset(objects, channels=module.hparams.in_channels, size=module.hparams.image_size, allow_pickle=allow_pickle)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     probs = predict_loader(module, loader, tta=tta, device=device)
