@@ -152,3 +152,16 @@ def test_cli_train_evaluate_predict(tmp_path, substructure_root):
                    check=True, capture_output=True)
     assert len(list(csv.DictReader(open(tmp_path / "p.csv")))) == 30
     assert Run(run_dir).config.model == "report-cnn4"
+
+
+def test_training_on_the_simulated_stream(tmp_path):
+    from lensfinder.simulate import simulate_substructure
+
+    data = simulate_substructure(tmp_path / "sim", preset="deeplense-model-iii", counts={"train": 4, "val": 4}, progress=False)
+    run = train(_config("substructure", data, tmp_path / "run", model="resnet-s", stream=True,
+                        stream_preset="deeplense-model-iii", steps_per_epoch=2, batch_size=8, epochs=2))
+    history = list(csv.DictReader(open(run.path / "history.csv")))
+    assert [row["epoch"] for row in history] == ["1", "2"] and history[-1]["val/loss"] != ""
+    assert load_model(run.path).hparams.preset == "deeplense-model-iii"
+    with pytest.raises(InputError, match="--stream-preset"):
+        train(_config("substructure", data, tmp_path / "run2", stream=True))
