@@ -12,6 +12,8 @@ from .presets import load_preset
 
 
 ALIGN = 32  # grid sides are padded to multiples of this (see render.py on reproducibility)
+_POINT_CHUNK_ELEMENTS = 32768  # pixels x images per point-mass chunk (keeps the buffers in L2)
+_SOFT2 = render.SOFTENING_ARCSEC ** 2
 
 
 def _aligned(n: int) -> int:
@@ -82,32 +84,135 @@ class SubstructureSimulator(_Base):
                        "k": float(conv.sersic_b_n(src["n_sersic"]))}
         self.kernels = self._kernels([preset["psf_fwhm_arcsec"]])
 
+    def _setup_fast_path(self) -> None:
+        """Everything that does not change between Task-1 images, computed once: the main halo and
+        shear are the same for every image, so their deflection (and, for images without point
+        masses, the whole source-plane grid) is cached; per image only point masses, the Sersic
+        source and the PSF remain."""
+        n = self._n
+        b1 = torch.ones(1, dtype=self.dtype, device=self.device)
+        ax, ay = render.deflection_sie_shear(
+            self.x, self.y, x0=0 * b1, y0=0 * b1, q=self.lens["q"] * b1, cos_phi=self.lens["cos_phi"] * b1,
+            sin_phi=self.lens["sin_phi"] * b1, rein=self.lens["rein"] * b1,
+            gamma1=self.preset["shear"]["gamma1"] * b1, gamma2=self.preset["shear"]["gamma2"] * b1)
+        # pixels actually kept (n x n, cropped from the padded grid), flattened and padded to a
+        # multiple of ALIGN**2 (extra entries repeat the last pixel and are dropped at the end)
+        npix = -(-n * n // (ALIGN * ALIGN)) * ALIGN * ALIGN
+        self._npix = npix
+
+        def flat(t):
+            t = t[0, :n, :n].reshape(-1) if t.dim() == 3 else t[:n, :n].reshape(-1)
+            return torch.cat([t, t[-1:].expand(npix - n * n)]).contiguous()
+
+        self._gx, self._gy = flat(self.x), flat(self.y)
+        self._bx, self._by = flat(self.x - ax), flat(self.y - ay)
+        s, src = self.source, self.preset["source"]
+        # Sersic in lenstronomy terms: R = sqrt(q x'^2 + y'^2 / q) / R_sersic on the source plane,
+        # I = amp * exp(-k (R^(1/n) - 1)); the rotation and scalings fold into 4 coefficients
+        sq = float(np.sqrt(s["q"]))
+        r_s = float(src["r_sersic_arcsec"])
+        self._rot = (s["cos_phi"] * sq / r_s, s["sin_phi"] * sq / r_s,
+                     -s["sin_phi"] / (sq * r_s), s["cos_phi"] / (sq * r_s))
+        c = self._rot
+        self._src_u0 = (self._bx * c[0] + self._by * c[1]).contiguous()
+        self._src_v0 = (self._bx * c[2] + self._by * c[3]).contiguous()
+        area = (self.pixel_scale_arcsec / self.supersampling) ** 2
+        self._sersic_log_norm = float(s["k"] + np.log(s["amp"] * area))
+        kern = self.kernels[0]
+        self._taps = [float(v) for v in kern.cpu().numpy()]
+
+    def _point_deflection(self, xk: torch.Tensor, yk: torch.Tensor, t2: torch.Tensor):
+        """Summed point-mass deflection (B, npix) on the kept pixels, accumulated mass by mass in
+        place, in fixed order, over pixel chunks that stay in cache: only exact IEEE operations
+        (sub, mul, div, add), so the result is independent of the batch size."""
+        b, k = xk.shape
+        npix = self._npix
+        ax = torch.zeros((b, npix), dtype=self.dtype, device=self.device)
+        ay = torch.zeros_like(ax)
+        pc = max(ALIGN * ALIGN, (_POINT_CHUNK_ELEMENTS // max(b, 1)) // (ALIGN * ALIGN) * ALIGN * ALIGN)
+        if self.device.type != "cpu":
+            pc = npix
+        dx = torch.empty((b, min(pc, npix)), dtype=self.dtype, device=self.device)
+        dy, f = torch.empty_like(dx), torch.empty_like(dx)
+        for p0 in range(0, npix, pc):
+            p1 = min(npix, p0 + pc)
+            gx, gy = self._gx[p0:p1], self._gy[p0:p1]
+            sx, sy = ax[:, p0:p1], ay[:, p0:p1]
+            w = p1 - p0
+            ddx, ddy, ff = dx[:, :w], dy[:, :w], f[:, :w]
+            for j in range(k):
+                torch.sub(gx, xk[:, j:j + 1], out=ddx)
+                torch.sub(gy, yk[:, j:j + 1], out=ddy)
+                torch.mul(ddx, ddx, out=ff)
+                ff.addcmul_(ddy, ddy).add_(_SOFT2)
+                torch.div(t2[:, j:j + 1], ff, out=ff)
+                sx.addcmul_(ff, ddx)
+                sy.addcmul_(ff, ddy)
+        return ax, ay
+
     def render(self, params: list[dict]) -> torch.Tensor:
         """Noiseless images (B, 1, H, W) in the preset's flux units (before ``output_scale``)."""
+        if not hasattr(self, "_bx"):
+            self._setup_fast_path()
         b = len(params)
-        full = lambda v: torch.full((b,), v, dtype=self.dtype, device=self.device)  # noqa: E731
-        zero = full(0.0)
-        ax, ay = render.deflection_sie_shear(self.x, self.y, x0=zero, y0=zero, q=full(self.lens["q"]),
-                                             cos_phi=full(self.lens["cos_phi"]), sin_phi=full(self.lens["sin_phi"]),
-                                             rein=full(self.lens["rein"]),
-                                             gamma1=full(self.preset["shear"]["gamma1"]),
-                                             gamma2=full(self.preset["shear"]["gamma2"]))
+        c = self._rot
+        centre = np.array([[p["source_x_arcsec"], p["source_y_arcsec"]] for p in params], dtype=np.float64)
+        u_off = self._t(centre[:, 0] * c[0] + centre[:, 1] * c[1])[:, None]
+        v_off = self._t(centre[:, 0] * c[2] + centre[:, 1] * c[3])[:, None]
         k = max(len(p["point_theta_e"]) for p in params)
         if k:
             pts = np.zeros((3, b, k))
+            pts[0], pts[1] = 1e3, 1e3  # padding slots: far away, zero mass (add exact zeros)
             for i, p in enumerate(params):
                 n = len(p["point_theta_e"])
-                pts[:, i, :n] = p["point_x"], p["point_y"], p["point_theta_e"]
+                pts[:, i, :n] = p["point_x"], p["point_y"], np.asarray(p["point_theta_e"]) ** 2
             pts = self._t(pts)
-            px, py = render.deflection_points(self.x, self.y, x0=pts[0], y0=pts[1], rein=pts[2])
-            ax, ay = ax + px, ay + py
+            px, py = self._point_deflection(pts[0], pts[1], pts[2])
+            # source-plane coordinates minus the point deflections, rotated and scaled
+            u = torch.add(self._src_u0, px, alpha=-c[0]).add_(py, alpha=-c[1])
+            v = torch.add(self._src_v0, px, alpha=-c[2]).add_(py, alpha=-c[3])
+            u.sub_(u_off)
+            v.sub_(v_off)
+        else:
+            u = self._src_u0 - u_off
+            v = self._src_v0 - v_off
+        r = u.mul_(u).addcmul_(v, v).sqrt_()
         s = self.source
-        centre = self._t([[p["source_x_arcsec"], p["source_y_arcsec"]] for p in params])
-        col = lambda v: torch.full((b, 1), v, dtype=self.dtype, device=self.device)  # noqa: E731
-        sb = render.sersic_profiles(self.x - ax, self.y - ay, x0=centre[:, :1], y0=centre[:, 1:], q=col(s["q"]),
-                                    cos_phi=col(s["cos_phi"]), sin_phi=col(s["sin_phi"]), n=col(s["n"]),
-                                    re=col(s["re"]), k=col(s["k"]))
-        return self._finish(sb * s["amp"])
+        if s["n"] != 1.0:
+            r = r.pow_(1.0 / s["n"])
+        sb = r.mul_(-s["k"]).add_(self._sersic_log_norm).exp_()
+        return self._convolve_flat(sb)[:, None]
+
+    def _convolve_flat(self, flux: torch.Tensor) -> torch.Tensor:
+        """(B, npix) pixel fluxes (the n x n kept pixels, flattened) -> PSF-convolved (B, n, n):
+        separable, edge replication (scipy mode "nearest"), taps summed in fixed order on flat
+        contiguous buffers whose lengths are multiples of the alignment (no scalar loop tails)."""
+        n, b = self._n, flux.shape[0]
+        taps = self._taps
+        r = len(taps) // 2
+        img = flux[:, :n * n].view(b, n, n)
+        if r == 0:
+            return img * taps[0]
+        width = _aligned(n + 2 * r)
+        rows_n = n + 2 * r
+        length = b * rows_n * width
+        buf = torch.zeros(length + ALIGN * ALIGN + width * 2 * r, dtype=self.dtype, device=self.device)
+        pad = buf[:length].view(b, rows_n, width)
+        pad[:, r:r + n, r:r + n] = img
+        pad[:, r:r + n, :r] = img[:, :, :1]
+        pad[:, r:r + n, r + n:r + n + r] = img[:, :, -1:]
+        pad[:, :r] = pad[:, r:r + 1]
+        pad[:, r + n:] = pad[:, r + n - 1:r + n]
+        total = -(-length // (ALIGN * ALIGN)) * ALIGN * ALIGN
+        hbuf = torch.zeros(total + width * 2 * r, dtype=self.dtype, device=self.device)
+        h = hbuf[:total]
+        torch.mul(buf[0:total], taps[0], out=h)
+        for t in range(1, len(taps)):
+            h.add_(buf[t:t + total], alpha=taps[t])
+        out = torch.mul(hbuf[0:total], taps[0])
+        for t in range(1, len(taps)):
+            out.add_(hbuf[t * width:t * width + total], alpha=taps[t])
+        return out[:length].view(b, rows_n, width)[:, :n, :n]
 
     def add_noise(self, image: np.ndarray, params: dict, rng: np.random.Generator) -> np.ndarray:
         """One image (H, W) float64 -> noisy image, per the preset's noise model."""
