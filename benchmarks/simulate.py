@@ -57,7 +57,11 @@ def bench_substructure(preset, cls, batch, seconds, device):
         rng, noise_rng = pop.object_rngs(1, "substructure", "train", 0, next(counter))
         p = pop.sample_substructure(rng, cls, sim.preset, distances_mpc=sim.distances_mpc)
         image = reference.render_substructure(sim, p)
-        return sim.add_noise(image, p, noise_rng) if sim.preset["noise"]["default"] else image
+        if not sim.preset["noise"]["default"]:
+            return image
+        if sim.preset["noise"]["kind"] == "deeplense-poisson":  # DeepLenseSim's own numpy noise recipe
+            return reference.deeplense_noise(image, p["exposure_s"], sim.preset["noise"]["background_rms"], noise_rng)
+        return sim.add_noise(image, p, noise_rng)
 
     return _rate(ours, batch, seconds), _rate(theirs, 1, seconds)
 

@@ -219,10 +219,15 @@ class SubstructureSimulator(_Base):
         noise = self.preset["noise"]
         t = params["exposure_s"]
         if noise["kind"] == "deeplense-poisson":
-            # DeepLenseSim simple_sim: counts = Poisson(t * (model + poisson + background))
-            poisson = rng.standard_normal(image.shape) * np.sqrt(np.abs(image) / t)
-            background = rng.standard_normal(image.shape) * noise["background_rms"]
-            return rng.poisson(np.clip(t * (image + poisson + background), 0.0, None)).astype(np.float64)
+            # DeepLenseSim simple_sim: counts = Poisson(t * (model + poisson + background)), with
+            # poisson ~ N(0, sqrt(|model| / t)) and background ~ N(0, rms) independent, so their
+            # sum is drawn as one Gaussian of the summed variance (the same distribution)
+            sigma = np.sqrt(np.abs(image) * (1.0 / t) + noise["background_rms"] ** 2)
+            lam = rng.standard_normal(image.shape, dtype=np.float32) * sigma
+            lam += image
+            lam *= t
+            np.maximum(lam, 0.0, out=lam)
+            return rng.poisson(lam).astype(np.float64)
         bkg = physics.background_sigma_cps(
             read_noise_e=noise["read_noise_e"], exposure_time_s=noise["exposure_time_s"],
             num_exposures=noise["num_exposures"], sky_brightness_mag=noise["sky_brightness_mag"],

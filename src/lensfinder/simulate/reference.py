@@ -65,3 +65,11 @@ def render_lens(sim, params: dict, band: int) -> np.ndarray:
                          ["SERSIC_ELLIPSE"] * len(kw_src), ["SERSIC_ELLIPSE"] * len(kw_light),
                          supersampling=sim.supersampling)
     return model.image(kw_lens, kw_src, kwargs_lens_light=kw_light or None)
+
+
+def deeplense_noise(image: np.ndarray, exposure_s: float, background_rms: float, rng: np.random.Generator) -> np.ndarray:
+    """DeepLenseSim ``simple_sim`` noise on one image, as its users run it (numpy, lenstronomy's
+    ``image_util`` recipe): counts = Poisson(t * (model + N(0, sqrt(|model|/t)) + N(0, rms)))."""
+    poisson = rng.standard_normal(image.shape) * np.sqrt(np.abs(image) / exposure_s)
+    background = rng.standard_normal(image.shape) * background_rms
+    return rng.poisson(np.clip(exposure_s * (image + poisson + background), 0.0, None)).astype(np.float64)
