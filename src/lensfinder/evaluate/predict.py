@@ -121,7 +121,7 @@ class CutoutDataset(Dataset):
 def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, task: str | None = None,
                     batch_size: int = 512, tta: bool | None = None, device: str = "auto", num_workers: int = 0,
                     allow_pickle: bool = False, band_suffixes: list[str] | None = None,
-                    shard: tuple[int, int] | None = None) -> Path:
+                    shard: tuple[int, int] | None = None, progress: bool = False) -> Path:
     """Write `out` (CSV): rank, path, p_<class> for each class, predicted; ranked by the positive-class
     probability (binary tasks) or by the confidence of the predicted class (multi-class).
 
@@ -143,7 +143,7 @@ def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, t
         objects = objects[index::count]
     dataset = CutoutDataset(objects, channels=module.hparams.in_channels, size=module.hparams.image_size, allow_pickle=allow_pickle)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    probs = predict_loader(module, loader, tta=tta, device=device)
+    probs = predict_loader(module, loader, tta=tta, device=device, progress=progress)
     class_names = list(module.hparams.class_names)
     key = probs[:, 1] if len(class_names) == 2 else probs.max(1)
     order = np.argsort(-key, kind="stable")
