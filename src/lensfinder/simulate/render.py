@@ -139,10 +139,10 @@ def convolve_separable(image: torch.Tensor, kernels_1d: torch.Tensor) -> torch.T
     h, w = image.shape[-2:]
     padded = F.pad(image, (radius, radius, radius, radius), mode="replicate")
     kern = kernels_1d[:, :, None, None]
-    rows = padded[..., :, 0:w] * kern[:, 0]
+    rows = torch.mul(padded[..., :, 0:w], kern[:, 0])
+    for t in range(1, size):  # in place: one pass per tap, no temporaries
+        rows.addcmul_(padded[..., :, t:t + w], kern[:, t])
+    out = torch.mul(rows[..., 0:h, :], kern[:, 0])
     for t in range(1, size):
-        rows = rows + padded[..., :, t:t + w] * kern[:, t]
-    out = rows[..., 0:h, :] * kern[:, 0]
-    for t in range(1, size):
-        out = out + rows[..., t:t + h, :] * kern[:, t]
+        out.addcmul_(rows[..., t:t + h, :], kern[:, t])
     return out
