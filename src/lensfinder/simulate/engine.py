@@ -3,6 +3,8 @@ per-object parameter dicts (from ``population``) with the pure functions of ``re
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -278,41 +280,134 @@ class LensfindingSimulator(_Base):
         out["amp"] = self._t(amps)
         return out
 
-    def _sersic(self, x, y, slots):
-        prof = render.sersic_profiles(x, y, **{f: v for f, v in slots.items() if f != "amp"})
-        return render.combine_bands(prof, slots["amp"])
+    # -------------------------------------------------------------- fast batched rendering
+    def _setup_fast_path(self) -> None:
+        """Flat grid (P,) and the PSF as one (n, n) matrix per band: a separable Gaussian with
+        edge replication (scipy mode "nearest") is linear, so image -> K @ image @ K^T exactly, and
+        two fixed-shape matrix products per band replace 2 x 17 shifted passes. Each product's
+        reduction runs over one image row or column of fixed length, so the bytes do not depend on
+        the batch size (tests/test_simulate_writer.py checks this)."""
+        self._gx = self.x.reshape(-1).contiguous()
+        self._gy = self.y.reshape(-1).contiguous()
+        n = self.num_pix
+        kern = self.kernels.cpu().double().numpy()
+        r = kern.shape[1] // 2
+        mats = np.zeros((len(kern), n, n))
+        rows = np.arange(n)
+        for t in range(kern.shape[1]):
+            cols = np.clip(rows + t - r, 0, n - 1)
+            for c in range(len(kern)):
+                np.add.at(mats[c], (rows, cols), kern[c, t])
+        self._psf = self._t(mats)                       # (C, n, n): out = K @ img @ K^T
+        self._psf_t = self._psf.transpose(1, 2).contiguous()
+        self._area = (self.pixel_scale_arcsec / self.supersampling) ** 2
+
+    def _sersic_table(self, params: list[dict], key: str, objects=None):
+        """Slots of ``key`` of each object, rank-major (every object's first slot, then every
+        object's second, ...): object index per slot, rank boundaries, the folded coefficients
+        (x0, y0, a, b, c, d, 0.5/n, k) with (u, v) = ((x - x0) a + (y - y0) b, (x - x0) c + (y - y0) d)
+        and R / R_sersic = sqrt(u^2 + v^2) in lenstronomy conventions, and per-band fluxes per
+        pixel at R_sersic."""
+        objects = range(len(params)) if objects is None else objects
+        lists = [params[i][key] for i in objects]
+        depth = max((len(s) for s in lists), default=0)
+        idx, bounds, coef, amps = [], [0], [], []
+        for j in range(depth):
+            for row, slots in enumerate(lists):
+                if j < len(slots):
+                    s = slots[j]
+                    cp, sp = math.cos(s["phi"]), math.sin(s["phi"])
+                    sq = math.sqrt(s["q"])
+                    a, d = sq / s["r_eff"], 1.0 / (sq * s["r_eff"])
+                    k = max(1.9992 * s["n"] - 0.3271, 1e-5)
+                    idx.append(row)
+                    coef.append((s["x"], s["y"], cp * a, sp * a, -sp * d, cp * d, 0.5 / s["n"], k))
+                    amps.append(s["amp"])
+            bounds.append(len(idx))
+        if not idx:
+            return None
+        coef = self._t(np.asarray(coef).T[:, :, None])
+        amps = self._t(np.asarray(amps, dtype=np.float64) * self._area)
+        return idx, bounds, coef, amps
+
+    def _sersic_into(self, out: torch.Tensor, table, gx: torch.Tensor, gy: torch.Tensor) -> None:
+        """Add unit Sersic profiles times per-band amplitudes into out (B, C, P), slot rank by
+        slot rank (a fixed order of exact additions per object). gx, gy: (P,) or (M, P)."""
+        idx, bounds, c, amps = table
+        dx = torch.sub(gx, c[0])
+        dy = torch.sub(gy, c[1])
+        u = dx * c[2]
+        u.addcmul_(dy, c[3])
+        v = dx.mul_(c[4]).addcmul_(dy, c[5])
+        r2 = u.mul_(u).addcmul_(v, v)
+        # I / amp = exp(k - k (R / R_sersic)^(1/n)), (R/R_s)^(1/n) = exp(log(r2) / (2n))
+        t = r2.log_().mul_(c[6]).exp_()
+        prof = torch.addcmul(c[7], t, c[7], value=-1.0).exp_()
+        flux = prof[:, None, :] * amps[:, :, None]
+        index = torch.as_tensor(idx, device=self.device)
+        for j in range(len(bounds) - 1):
+            out.index_add_(0, index[bounds[j]:bounds[j + 1]], flux[bounds[j]:bounds[j + 1]])
+
+    def _psf_apply(self, flux: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) padded-grid pixel fluxes -> cropped, downsampled, PSF-convolved (B, C, n, n)."""
+        img = render.downsample_sum(flux[..., :self._n, :self._n], self.supersampling).contiguous()
+        out = torch.empty_like(img)
+        n = self.num_pix
+        for c in range(img.shape[1]):
+            z = torch.matmul(img[:, c].reshape(-1, n), self._psf_t[c]).view(-1, n, n)
+            out[:, c] = torch.matmul(self._psf[c], z)
+        return out
 
     def render(self, params: list[dict]) -> dict[str, torch.Tensor]:
         """Noiseless model and the lensed source alone, (B, C, H, W) nanomaggies each, plus the
         unconvolved lensed source flux (B, C) inside the cutout."""
+        if not hasattr(self, "_psf"):
+            self._setup_fast_path()
         b, c = len(params), len(self.band_names)
         h = self.x.shape[0]
-        sb = torch.zeros((b, c, h, h), dtype=self.dtype, device=self.device)
-        light = self._slots(params, "light", "sersic")
+        npix = h * h
+        model = torch.zeros((b, c, npix), dtype=self.dtype, device=self.device)
+        light = self._sersic_table(params, "light")
         if light is not None:
-            sb = sb + self._sersic(self.x, self.y, light)
-        rings = self._slots(params, "rings", "ring")
-        if rings is not None:
+            self._sersic_into(model, light, self._gx, self._gy)
+        ringed = [i for i, p in enumerate(params) if p["rings"]]
+        if ringed:
+            sub = [params[i] for i in ringed]
+            rings = self._slots(sub, "rings", "ring")
             prof = render.ring_profiles(self.x, self.y, **{f: v for f, v in rings.items() if f != "amp"})
-            sb = sb + render.combine_bands(prof, rings["amp"])
-        src_sb = torch.zeros_like(sb)
-        sources = self._slots(params, "sources", "sersic")
-        if sources is not None:
-            lens = np.array([[p["deflector_x_arcsec"], p["deflector_y_arcsec"],
-                              p["mass_q"] if p["theta_e_arcsec"] > 0 else 1.0,
-                              p["mass_phi_rad"] if p["theta_e_arcsec"] > 0 else 0.0, p["theta_e_arcsec"],
-                              p["shear_gamma1"], p["shear_gamma2"]] for p in params]).T
+            rflux = render.combine_bands(prof, rings["amp"] * self._area).reshape(len(sub), c, npix)
+            model.index_add_(0, torch.as_tensor(ringed, device=self.device), rflux)
+        lensed = [i for i, p in enumerate(params) if p["sources"]]
+        source = torch.zeros((b, c, self.num_pix, self.num_pix), dtype=self.dtype, device=self.device)
+        source_flux = torch.zeros((b, c), dtype=self.dtype, device=self.device)
+        if lensed:
+            lens = np.array([[params[i][k] for k in ("deflector_x_arcsec", "deflector_y_arcsec", "mass_q",
+                                                     "theta_e_arcsec", "shear_gamma1", "shear_gamma2")]
+                             for i in lensed]).T
+            phi = np.array([params[i]["mass_phi_rad"] for i in lensed])
             lt = self._t(lens)
-            ax, ay = render.deflection_sie_shear(self.x, self.y, x0=lt[0], y0=lt[1], q=lt[2],
-                                                 cos_phi=self._t(np.cos(lens[3])), sin_phi=self._t(np.sin(lens[3])),
-                                                 rein=lt[4], gamma1=lt[5], gamma2=lt[6])
-            src_sb = self._sersic(self.x - ax, self.y - ay, sources)
-        src_flux = self._pixel_flux(src_sb)
-        src_conv = render.convolve_separable(src_flux, self.kernels)
-        model = self._finish(sb) + src_conv
+            g = self._gx[None, :]
+            ax, ay = render.deflection_sie_shear(g, self._gy[None, :], x0=lt[0], y0=lt[1], q=lt[2],
+                                                 cos_phi=self._t(np.cos(phi)), sin_phi=self._t(np.sin(phi)),
+                                                 rein=lt[3], gamma1=lt[4], gamma2=lt[5])
+            bx = (g - ax.reshape(len(lensed), npix))
+            by = (self._gy[None, :] - ay.reshape(len(lensed), npix))
+            table = self._sersic_table(params, "sources", lensed)
+            rows = torch.as_tensor(table[0], device=self.device)
+            src = torch.zeros((len(lensed), c, npix), dtype=self.dtype, device=self.device)
+            self._sersic_into(src, table, bx.index_select(0, rows), by.index_select(0, rows))
+            index = torch.as_tensor(lensed, device=self.device)
+            model.index_add_(0, index, src)
+            both = self._psf_apply(torch.cat([model, src]).view(-1, c, h, h))
+            out, src_conv = both[:b], both[b:]
+            source.index_copy_(0, index, src_conv)
+            src_pix = render.downsample_sum(src.view(-1, c, h, h)[..., :self._n, :self._n], self.supersampling)
+            source_flux.index_copy_(0, index, src_pix.sum(dim=(-1, -2)))
+        else:
+            out = self._psf_apply(model.view(b, c, h, h))
         if any(p["stars"] for p in params):
-            model = model + self._t(np.stack([self._stars(p["stars"]) for p in params]))
-        return {"model": model, "source": src_conv, "source_flux": src_flux.sum(dim=(-1, -2))}
+            out = out + self._t(np.stack([self._stars(p["stars"]) for p in params]))
+        return {"model": out, "source": source, "source_flux": source_flux}
 
     def _stars(self, stars: list[dict]) -> np.ndarray:
         """Stars (C, H, W): Gaussian PSF sampled at pixel centres, normalised analytically (a star
