@@ -66,19 +66,19 @@ def bench_substructure(preset, cls, batch, seconds, device):
     return _rate(ours, batch, seconds), _rate(theirs, 1, seconds)
 
 
-def bench_lensfinding(preset, batch, seconds, device):
+def bench_lensfinding(preset, is_lens, batch, seconds, device):
     sim = LensfindingSimulator(preset, device=device)
     counter = iter(range(10**9))
 
     def ours():
         start = next(counter) * batch
-        rngs = [pop.object_rngs(0, "lensfinding", "train", 1, i) for i in range(start, start + batch)]
-        params = [pop.sample_lensfinding(r[0], True, sim.preset) for r in rngs]
+        rngs = [pop.object_rngs(0, "lensfinding", "train", int(is_lens), i) for i in range(start, start + batch)]
+        params = [pop.sample_lensfinding(r[0], is_lens, sim.preset) for r in rngs]
         return lensfinding_rows(sim, params, sim.render(params), [r[1] for r in rngs])
 
-    def theirs():  # the lenstronomy-expressible part of a lens (SIE+shear, Sersic source, clumps, light), 3 bands
-        rng, noise_rng = pop.object_rngs(1, "lensfinding", "train", 1, next(counter))
-        p = pop.sample_lensfinding(rng, True, sim.preset)
+    def theirs():  # the lenstronomy-expressible part (SIE+shear, Sersic source, clumps; Sersic light), 3 bands
+        rng, noise_rng = pop.object_rngs(1, "lensfinding", "train", int(is_lens), next(counter))
+        p = pop.sample_lensfinding(rng, is_lens, sim.preset)
         model = np.stack([reference.render_lens(sim, p, band) for band in range(3)])
         return sim.add_noise(model, noise_rng)
 
@@ -90,15 +90,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short timings (smoke test)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", default="", help="run only cases whose 'preset/class' contains this")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seconds = 1.0 if args.quick else 8.0
     rows = []
     cases = [("deeplense-model-i", c) for c in pop.SUBSTRUCTURE_CLASSES]
-    cases += [("deeplense-model-iii", c) for c in pop.SUBSTRUCTURE_CLASSES] + [("lsst-gri", "lens")]
+    cases += [("deeplense-model-iii", c) for c in pop.SUBSTRUCTURE_CLASSES]
+    cases += [("lsst-gri", c) for c in pop.LENSFINDING_CLASSES]
+    cases = [(p, c) for p, c in cases if args.only in f"{p}/{c}"]
     for preset, cls in cases:
-        if cls == "lens":
-            ours, theirs = bench_lensfinding(preset, 32, seconds, args.device)
+        if preset == "lsst-gri":
+            ours, theirs = bench_lensfinding(preset, cls == "lens", 32, seconds, args.device)
         else:
             batch = 8 if preset == "deeplense-model-i" else 32
             ours, theirs = bench_substructure(preset, cls, batch, seconds, args.device)

@@ -50,18 +50,23 @@ def _sersic_kwargs(slot, band: int) -> dict:
 
 
 def render_lens(sim, params: dict, band: int) -> np.ndarray:
-    """One band (H, W) of a lens-finding lens, lensed source plus Sersic deflector light, with
-    lenstronomy (rings and stars are not lenstronomy profiles and are left out: pass params
-    without them)."""
+    """One band (H, W) of a lens-finding cutout with lenstronomy: lensed source plus Sersic light
+    for a lens, Sersic light alone for a non-lens (rings and stars are not lenstronomy profiles
+    and are left out: pass params without them)."""
     pre = sim.preset
-    e1, e2 = conv.q_phi_to_e1e2(params["mass_q"], params["mass_phi_rad"])
     cx, cy = params["deflector_x_arcsec"], params["deflector_y_arcsec"]
-    kw_lens = [{"theta_E": params["theta_e_arcsec"], "e1": float(e1), "e2": float(e2), "center_x": cx, "center_y": cy},
-               {"gamma1": params["shear_gamma1"], "gamma2": params["shear_gamma2"], "ra_0": cx, "dec_0": cy}]
+    if params["theta_e_arcsec"] > 0:
+        e1, e2 = conv.q_phi_to_e1e2(params["mass_q"], params["mass_phi_rad"])
+        kw_lens = [{"theta_E": params["theta_e_arcsec"], "e1": float(e1), "e2": float(e2), "center_x": cx,
+                    "center_y": cy},
+                   {"gamma1": params["shear_gamma1"], "gamma2": params["shear_gamma2"], "ra_0": cx, "dec_0": cy}]
+    else:  # a non-lens: galaxies' light only
+        kw_lens = []
     kw_src = [_sersic_kwargs(s, band) for s in params["sources"]]
     kw_light = [_sersic_kwargs(s, band) for s in params["light"]]
     fwhm = pre["bands"][sim.band_names[band]]["seeing_arcsec"]
-    model = _image_model(sim.num_pix, sim.pixel_scale_arcsec, fwhm, pre["psf_truncation_sigma"], ["SIE", "SHEAR"],
+    model = _image_model(sim.num_pix, sim.pixel_scale_arcsec, fwhm, pre["psf_truncation_sigma"],
+                         ["SIE", "SHEAR"] if kw_lens else [],
                          ["SERSIC_ELLIPSE"] * len(kw_src), ["SERSIC_ELLIPSE"] * len(kw_light),
                          supersampling=sim.supersampling)
     return model.image(kw_lens, kw_src, kwargs_lens_light=kw_light or None)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from . import population as pop
@@ -288,17 +287,9 @@ def lensfinding_rows(sim: LensfindingSimulator, params: list[dict], out: dict, n
     """Noisy images (C, H, W) float32 and manifest rows for a rendered lens-finding batch. Noise
     values come from each object's own generator; the arithmetic is element-wise over the batch
     (exact IEEE operations, so the same bytes whatever the batch size)."""
-    models = out["model"].cpu().numpy().astype(np.float64)
-    sigma = sim.sigma_nmgy(models)
-    draws = np.stack([rng.standard_normal(models.shape[1:]) for rng in noise_rngs]) if len(params) else 0.0
-    images = (models + draws * sigma).astype(np.float32)
     is_lens = np.array([p["theta_e_arcsec"] > 0 for p in params], dtype=bool)
-    snr = np.zeros(len(params))
-    flux_i = np.zeros(len(params))
-    if is_lens.any():
-        sources = out["source"][torch.as_tensor(is_lens)].cpu().numpy().astype(np.float64)
-        snr[is_lens] = np.sqrt(((sources / sigma[is_lens]) ** 2).sum(axis=(-1, -2))).max(axis=-1)
-        flux_i[is_lens] = out["source_flux"][torch.as_tensor(is_lens), -1].cpu().numpy().astype(np.float64)
+    images, snr = sim.noisy_batch(out["model"], out["source"], is_lens, noise_rngs)
+    flux_i = out["source_flux"][:, -1].cpu().numpy().astype(np.float64)
     rows = []
     for k, p in enumerate(params):
         row = {key: v for key, v in p.items() if not isinstance(v, list)}
