@@ -16,6 +16,7 @@ from .presets import load_preset
 ALIGN = 32  # grid sides are padded to multiples of this (see render.py on reproducibility)
 _POINT_CHUNK_ELEMENTS = 32768  # pixels x images per point-mass chunk (keeps the buffers in L2)
 _SOFT2 = render.SOFTENING_ARCSEC ** 2
+_SLOT_CHUNK_ELEMENTS = 65536  # slots x pixels per Task-2 Sersic chunk (keeps the buffers in L2)
 
 
 def _aligned(n: int) -> int:
@@ -332,21 +333,35 @@ class LensfindingSimulator(_Base):
 
     def _sersic_into(self, out: torch.Tensor, table, gx: torch.Tensor, gy: torch.Tensor) -> None:
         """Add unit Sersic profiles times per-band amplitudes into out (B, C, P), slot rank by
-        slot rank (a fixed order of exact additions per object). gx, gy: (P,) or (M, P)."""
+        slot rank (a fixed order of exact additions per object). gx, gy: (P,) or (M, P). Slots
+        are evaluated in chunks of rows whose buffers stay in cache (element-wise work, so the
+        chunking changes no bit)."""
         idx, bounds, c, amps = table
-        dx = torch.sub(gx, c[0])
-        dy = torch.sub(gy, c[1])
-        u = dx * c[2]
-        u.addcmul_(dy, c[3])
-        v = dx.mul_(c[4]).addcmul_(dy, c[5])
-        r2 = u.mul_(u).addcmul_(v, v)
-        # I / amp = exp(k - k (R / R_sersic)^(1/n)), (R/R_s)^(1/n) = exp(log(r2) / (2n))
-        t = r2.log_().mul_(c[6]).exp_()
-        prof = torch.addcmul(c[7], t, c[7], value=-1.0).exp_()
-        flux = prof[:, None, :] * amps[:, :, None]
+        m_all, npix = len(idx), out.shape[-1]
+        rows = max(1, _SLOT_CHUNK_ELEMENTS // npix) if self.device.type == "cpu" else m_all
+        m = min(rows, m_all)
+        dx = torch.empty((m, npix), dtype=self.dtype, device=self.device)
+        dy, u = torch.empty_like(dx), torch.empty_like(dx)
+        f3 = torch.empty((m, out.shape[1], npix), dtype=self.dtype, device=self.device)
         index = torch.as_tensor(idx, device=self.device)
-        for j in range(len(bounds) - 1):
-            out.index_add_(0, index[bounds[j]:bounds[j + 1]], flux[bounds[j]:bounds[j + 1]])
+        for r0 in range(0, m_all, rows):
+            r1 = min(m_all, r0 + rows)
+            k = r1 - r0
+            cc = c[:, r0:r1]
+            ddx, ddy, uu, ff = dx[:k], dy[:k], u[:k], f3[:k]
+            torch.sub(gx if gx.dim() == 1 else gx[r0:r1], cc[0], out=ddx)
+            torch.sub(gy if gy.dim() == 1 else gy[r0:r1], cc[1], out=ddy)
+            torch.mul(ddx, cc[2], out=uu).addcmul_(ddy, cc[3])
+            ddx.mul_(cc[4]).addcmul_(ddy, cc[5])
+            uu.mul_(uu).addcmul_(ddx, ddx)
+            # I / amp = exp(k - k (R / R_sersic)^(1/n)), (R/R_s)^(1/n) = exp(log(r2) / (2n))
+            uu.log_().mul_(cc[6]).exp_()
+            torch.addcmul(cc[7], uu, cc[7], value=-1.0, out=ddy).exp_()
+            torch.mul(ddy[:, None, :], amps[r0:r1, :, None], out=ff)
+            for j in range(len(bounds) - 1):
+                s0, s1 = max(bounds[j], r0), min(bounds[j + 1], r1)
+                if s0 < s1:
+                    out.index_add_(0, index[s0:s1], ff[s0 - r0:s1 - r0])
 
     def _psf_apply(self, flux: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) padded-grid pixel fluxes -> cropped, downsampled, PSF-convolved (B, C, n, n)."""
@@ -410,24 +425,24 @@ class LensfindingSimulator(_Base):
         return {"model": out, "source": source, "source_flux": source_flux}
 
     def _add_stars(self, out: torch.Tensor, params: list[dict]) -> None:
-        """Add stars (see ``_stars``) to out (B, C, n, n) in place, star rank by star rank: the
-        per-star 1-D profiles are computed star by star (float64 numpy), the outer products in
-        one batched multiply."""
+        """Add stars (see ``_stars``) to out (B, C, n, n) in place, star rank by star rank; each
+        star's Gaussian is separable: (C, n) along y times (C, n) along x (a multiple of 32
+        values per star, so vectorised exp has no loop tail whatever the number of stars)."""
+        if not hasattr(self, "_star_consts"):
+            sigma = self._t(self.psf_sigma_arcsec)[:, None]
+            self._star_consts = (self._t(self.axis), sigma,
+                                 sigma * math.sqrt(2 * math.pi) / self.pixel_scale_arcsec)
+        axis, sigma, norm = self._star_consts
         depth = max(len(p["stars"]) for p in params)
         for j in range(depth):
             idx = [i for i, p in enumerate(params) if len(p["stars"]) > j]
-            prof = np.stack([self._star_axes(params[i]["stars"][j]) for i in idx])  # (S, 2, C, n)
-            flux = self._t(np.stack([params[i]["stars"][j]["flux"] for i in idx]))
-            prof = self._t(prof)
-            img = prof[:, 1, :, :, None] * prof[:, 0, :, None, :] * flux[:, :, None, None]
+            stars = [params[i]["stars"][j] for i in idx]
+            pos = self._t([[st["x"], st["y"]] for st in stars])          # (S, 2)
+            flux = self._t(np.stack([st["flux"] for st in stars]))       # (S, C)
+            d = (axis - pos[:, :, None, None]) / sigma                   # (S, 2, C, n)
+            g = d.mul_(d).mul_(-0.5).exp_().div_(norm)
+            img = torch.matmul((g[:, 1] * flux[:, :, None])[..., None], g[:, 0, :, None, :])  # outer products
             out.index_add_(0, torch.as_tensor(idx, device=self.device), img)
-
-    def _star_axes(self, star: dict) -> np.ndarray:
-        """(2, C, n): the star's normalised Gaussian PSF along x and along y at pixel centres."""
-        sigma = self.psf_sigma_arcsec[:, None]
-        norm = sigma * np.sqrt(2 * np.pi) / self.pixel_scale_arcsec
-        return np.stack([np.exp(-0.5 * ((self.axis - star["x"]) / sigma) ** 2) / norm,
-                         np.exp(-0.5 * ((self.axis - star["y"]) / sigma) ** 2) / norm])
 
     def _stars(self, stars: list[dict]) -> np.ndarray:
         """Stars (C, H, W): Gaussian PSF sampled at pixel centres, normalised analytically (a star
@@ -464,7 +479,13 @@ class LensfindingSimulator(_Base):
         model = model.detach().to("cpu", torch.float32)
         sigma = model.mul(cps).clamp_(min=0.0).div_(t).add_(bkg2).sqrt_().div_(cps)
         shape = tuple(model.shape[1:])
-        draws = torch.from_numpy(np.stack([rng.standard_normal(shape, dtype=np.float32) for rng in noise_rngs]))
+        # standard normals from a torch generator seeded by the object's own noise generator
+        # (torch's vectorised normal fill is faster than numpy's per-object draws)
+        draws = torch.empty((len(noise_rngs),) + shape, dtype=torch.float32)
+        gen = torch.Generator()
+        for i, rng in enumerate(noise_rngs):
+            gen.manual_seed(int(rng.integers(2**63)))
+            torch.randn(shape, generator=gen, out=draws[i])
         images = draws.mul_(sigma).add_(model)
         snr = np.zeros(model.shape[0])
         lens = np.flatnonzero(is_lens)
