@@ -311,11 +311,16 @@ class LensfindingSimulator(_Base):
         pixel at R_sersic."""
         objects = range(len(params)) if objects is None else objects
         lists = [params[i][key] for i in objects]
+        return [t for t in (self._sersic_group(lists, True), self._sersic_group(lists, False)) if t is not None]
+
+    def _sersic_group(self, lists, exponential: bool):
+        """One table of ``_sersic_table``: the exponential (n = 1) slots, whose profile needs a
+        square root instead of a log and an exp, or all the others."""
         depth = max((len(s) for s in lists), default=0)
         idx, bounds, coef, amps = [], [0], [], []
         for j in range(depth):
             for row, slots in enumerate(lists):
-                if j < len(slots):
+                if j < len(slots) and (slots[j]["n"] == 1.0) == exponential:
                     s = slots[j]
                     cp, sp = math.cos(s["phi"]), math.sin(s["phi"])
                     sq = math.sqrt(s["q"])
@@ -329,14 +334,14 @@ class LensfindingSimulator(_Base):
             return None
         coef = self._t(np.asarray(coef).T[:, :, None])
         amps = self._t(np.asarray(amps, dtype=np.float64) * self._area)
-        return idx, bounds, coef, amps
+        return idx, bounds, coef, amps, exponential
 
     def _sersic_into(self, out: torch.Tensor, table, gx: torch.Tensor, gy: torch.Tensor) -> None:
         """Add unit Sersic profiles times per-band amplitudes into out (B, C, P), slot rank by
         slot rank (a fixed order of exact additions per object). gx, gy: (P,) or (M, P). Slots
         are evaluated in chunks of rows whose buffers stay in cache (element-wise work, so the
         chunking changes no bit)."""
-        idx, bounds, c, amps = table
+        idx, bounds, c, amps, exponential = table
         m_all, npix = len(idx), out.shape[-1]
         rows = max(1, _SLOT_CHUNK_ELEMENTS // npix) if self.device.type == "cpu" else m_all
         m = min(rows, m_all)
@@ -355,7 +360,10 @@ class LensfindingSimulator(_Base):
             ddx.mul_(cc[4]).addcmul_(ddy, cc[5])
             uu.mul_(uu).addcmul_(ddx, ddx)
             # I / amp = exp(k - k (R / R_sersic)^(1/n)), (R/R_s)^(1/n) = exp(log(r2) / (2n))
-            uu.log_().mul_(cc[6]).exp_()
+            if exponential:
+                uu.sqrt_()
+            else:
+                uu.log_().mul_(cc[6]).exp_()
             torch.addcmul(cc[7], uu, cc[7], value=-1.0, out=ddy).exp_()
             torch.mul(ddy[:, None, :], amps[r0:r1, :, None], out=ff)
             for j in range(len(bounds) - 1):
@@ -381,10 +389,12 @@ class LensfindingSimulator(_Base):
         b, c = len(params), len(self.band_names)
         h = self.x.shape[0]
         npix = h * h
-        model = torch.zeros((b, c, npix), dtype=self.dtype, device=self.device)
-        light = self._sersic_table(params, "light")
-        if light is not None:
-            self._sersic_into(model, light, self._gx, self._gy)
+        lensed = [i for i, p in enumerate(params) if p["sources"]]
+        # one buffer: the model of every object, then the lensed source alone of each lens
+        buf = torch.zeros((b + len(lensed), c, npix), dtype=self.dtype, device=self.device)
+        model = buf[:b]
+        for table in self._sersic_table(params, "light"):
+            self._sersic_into(model, table, self._gx, self._gy)
         ringed = [i for i, p in enumerate(params) if p["rings"]]
         if ringed:
             sub = [params[i] for i in ringed]
@@ -392,7 +402,6 @@ class LensfindingSimulator(_Base):
             prof = render.ring_profiles(self.x, self.y, **{f: v for f, v in rings.items() if f != "amp"})
             rflux = render.combine_bands(prof, rings["amp"] * self._area).reshape(len(sub), c, npix)
             model.index_add_(0, torch.as_tensor(ringed, device=self.device), rflux)
-        lensed = [i for i, p in enumerate(params) if p["sources"]]
         source = torch.zeros((b, c, self.num_pix, self.num_pix), dtype=self.dtype, device=self.device)
         source_flux = torch.zeros((b, c), dtype=self.dtype, device=self.device)
         if lensed:
@@ -407,13 +416,13 @@ class LensfindingSimulator(_Base):
                                                  rein=lt[3], gamma1=lt[4], gamma2=lt[5])
             bx = (g - ax.reshape(len(lensed), npix))
             by = (self._gy[None, :] - ay.reshape(len(lensed), npix))
-            table = self._sersic_table(params, "sources", lensed)
-            rows = torch.as_tensor(table[0], device=self.device)
-            src = torch.zeros((len(lensed), c, npix), dtype=self.dtype, device=self.device)
-            self._sersic_into(src, table, bx.index_select(0, rows), by.index_select(0, rows))
+            src = buf[b:]
+            for table in self._sersic_table(params, "sources", lensed):
+                rows = torch.as_tensor(table[0], device=self.device)
+                self._sersic_into(src, table, bx.index_select(0, rows), by.index_select(0, rows))
             index = torch.as_tensor(lensed, device=self.device)
             model.index_add_(0, index, src)
-            both = self._psf_apply(torch.cat([model, src]).view(-1, c, h, h))
+            both = self._psf_apply(buf.view(-1, c, h, h))
             out, src_conv = both[:b], both[b:]
             source.index_copy_(0, index, src_conv)
             src_pix = render.downsample_sum(src.view(-1, c, h, h)[..., :self._n, :self._n], self.supersampling)
