@@ -16,7 +16,7 @@ from .presets import load_preset
 ALIGN = 32  # grid sides are padded to multiples of this (see render.py on reproducibility)
 _POINT_CHUNK_ELEMENTS = 32768  # pixels x images per point-mass chunk (keeps the buffers in L2)
 _SOFT2 = render.SOFTENING_ARCSEC ** 2
-_SLOT_CHUNK_ELEMENTS = 65536  # slots x pixels per Task-2 Sersic chunk (keeps the buffers in L2)
+_SLOT_CHUNK_ELEMENTS = 32768  # slots x pixels per Task-2 Sersic chunk (keeps the buffers in L2)
 
 
 def _aligned(n: int) -> int:
@@ -337,7 +337,7 @@ class LensfindingSimulator(_Base):
         return idx, bounds, coef, amps, exponential
 
     def _sersic_into(self, out: torch.Tensor, table, gx: torch.Tensor, gy: torch.Tensor) -> None:
-        """Add unit Sersic profiles times per-band amplitudes into out (B, C, P), slot rank by
+        """Add unit Sersic profiles times per-band amplitudes into out (C, B, P), slot rank by
         slot rank (a fixed order of exact additions per object). gx, gy: (P,) or (M, P). Slots
         are evaluated in chunks of rows whose buffers stay in cache (element-wise work, so the
         chunking changes no bit)."""
@@ -347,13 +347,14 @@ class LensfindingSimulator(_Base):
         m = min(rows, m_all)
         dx = torch.empty((m, npix), dtype=self.dtype, device=self.device)
         dy, u = torch.empty_like(dx), torch.empty_like(dx)
-        f3 = torch.empty((m, out.shape[1], npix), dtype=self.dtype, device=self.device)
+        f3 = torch.empty((out.shape[0], m, npix), dtype=self.dtype, device=self.device)
+        amps = amps.T.contiguous()  # (C, M)
         index = torch.as_tensor(idx, device=self.device)
         for r0 in range(0, m_all, rows):
             r1 = min(m_all, r0 + rows)
             k = r1 - r0
             cc = c[:, r0:r1]
-            ddx, ddy, uu, ff = dx[:k], dy[:k], u[:k], f3[:k]
+            ddx, ddy, uu, ff = dx[:k], dy[:k], u[:k], f3[:, :k]
             torch.sub(gx if gx.dim() == 1 else gx[r0:r1], cc[0], out=ddx)
             torch.sub(gy if gy.dim() == 1 else gy[r0:r1], cc[1], out=ddy)
             torch.mul(ddx, cc[2], out=uu).addcmul_(ddy, cc[3])
@@ -365,20 +366,22 @@ class LensfindingSimulator(_Base):
             else:
                 uu.log_().mul_(cc[6]).exp_()
             torch.addcmul(cc[7], uu, cc[7], value=-1.0, out=ddy).exp_()
-            torch.mul(ddy[:, None, :], amps[r0:r1, :, None], out=ff)
+            torch.mul(ddy[None], amps[:, r0:r1, None], out=ff)
             for j in range(len(bounds) - 1):
                 s0, s1 = max(bounds[j], r0), min(bounds[j + 1], r1)
                 if s0 < s1:
-                    out.index_add_(0, index[s0:s1], ff[s0 - r0:s1 - r0])
+                    out.index_add_(1, index[s0:s1], ff[:, s0 - r0:s1 - r0])
 
     def _psf_apply(self, flux: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) padded-grid pixel fluxes -> cropped, downsampled, PSF-convolved (B, C, n, n)."""
+        """(C, B, h, w) padded-grid pixel fluxes -> cropped, downsampled, PSF-convolved (C, B, n, n)
+        (band-major, so that each band is one contiguous stack of images: one matrix product over
+        all rows, then one batched product over all columns)."""
         img = render.downsample_sum(flux[..., :self._n, :self._n], self.supersampling).contiguous()
         out = torch.empty_like(img)
         n = self.num_pix
-        for c in range(img.shape[1]):
-            z = torch.matmul(img[:, c].reshape(-1, n), self._psf_t[c]).view(-1, n, n)
-            out[:, c] = torch.matmul(self._psf[c], z)
+        for c in range(img.shape[0]):
+            z = torch.matmul(img[c].view(-1, n), self._psf_t[c]).view(-1, n, n)
+            torch.matmul(self._psf[c], z, out=out[c])
         return out
 
     def render(self, params: list[dict]) -> dict[str, torch.Tensor]:
@@ -391,8 +394,8 @@ class LensfindingSimulator(_Base):
         npix = h * h
         lensed = [i for i, p in enumerate(params) if p["sources"]]
         # one buffer: the model of every object, then the lensed source alone of each lens
-        buf = torch.zeros((b + len(lensed), c, npix), dtype=self.dtype, device=self.device)
-        model = buf[:b]
+        buf = torch.zeros((c, b + len(lensed), npix), dtype=self.dtype, device=self.device)
+        model = buf[:, :b]
         for table in self._sersic_table(params, "light"):
             self._sersic_into(model, table, self._gx, self._gy)
         ringed = [i for i, p in enumerate(params) if p["rings"]]
@@ -401,7 +404,7 @@ class LensfindingSimulator(_Base):
             rings = self._slots(sub, "rings", "ring")
             prof = render.ring_profiles(self.x, self.y, **{f: v for f, v in rings.items() if f != "amp"})
             rflux = render.combine_bands(prof, rings["amp"] * self._area).reshape(len(sub), c, npix)
-            model.index_add_(0, torch.as_tensor(ringed, device=self.device), rflux)
+            model.index_add_(1, torch.as_tensor(ringed, device=self.device), rflux.transpose(0, 1))
         source = torch.zeros((b, c, self.num_pix, self.num_pix), dtype=self.dtype, device=self.device)
         source_flux = torch.zeros((b, c), dtype=self.dtype, device=self.device)
         if lensed:
@@ -416,25 +419,25 @@ class LensfindingSimulator(_Base):
                                                  rein=lt[3], gamma1=lt[4], gamma2=lt[5])
             bx = (g - ax.reshape(len(lensed), npix))
             by = (self._gy[None, :] - ay.reshape(len(lensed), npix))
-            src = buf[b:]
+            src = buf[:, b:]
             for table in self._sersic_table(params, "sources", lensed):
                 rows = torch.as_tensor(table[0], device=self.device)
                 self._sersic_into(src, table, bx.index_select(0, rows), by.index_select(0, rows))
             index = torch.as_tensor(lensed, device=self.device)
-            model.index_add_(0, index, src)
-            both = self._psf_apply(buf.view(-1, c, h, h))
-            out, src_conv = both[:b], both[b:]
-            source.index_copy_(0, index, src_conv)
-            src_pix = render.downsample_sum(src.view(-1, c, h, h)[..., :self._n, :self._n], self.supersampling)
-            source_flux.index_copy_(0, index, src_pix.sum(dim=(-1, -2)))
+            model.index_add_(1, index, src)
+            both = self._psf_apply(buf.view(c, -1, h, h))
+            out, src_conv = both[:, :b], both[:, b:]
+            source.index_copy_(0, index, src_conv.transpose(0, 1))
+            src_pix = render.downsample_sum(src.reshape(c, -1, h, h)[..., :self._n, :self._n], self.supersampling)
+            source_flux.index_copy_(0, index, src_pix.sum(dim=(-1, -2)).T)
         else:
-            out = self._psf_apply(model.view(b, c, h, h))
+            out = self._psf_apply(buf.view(c, b, h, h))
         if any(p["stars"] for p in params):
             self._add_stars(out, params)
-        return {"model": out, "source": source, "source_flux": source_flux}
+        return {"model": out.transpose(0, 1).contiguous(), "source": source, "source_flux": source_flux}
 
     def _add_stars(self, out: torch.Tensor, params: list[dict]) -> None:
-        """Add stars (see ``_stars``) to out (B, C, n, n) in place, star rank by star rank; each
+        """Add stars (see ``_stars``) to out (C, B, n, n) in place, star rank by star rank; each
         star's Gaussian is separable: (C, n) along y times (C, n) along x (a multiple of 32
         values per star, so vectorised exp has no loop tail whatever the number of stars)."""
         if not hasattr(self, "_star_consts"):
@@ -451,7 +454,7 @@ class LensfindingSimulator(_Base):
             d = (axis - pos[:, :, None, None]) / sigma                   # (S, 2, C, n)
             g = d.mul_(d).mul_(-0.5).exp_().div_(norm)
             img = torch.matmul((g[:, 1] * flux[:, :, None])[..., None], g[:, 0, :, None, :])  # outer products
-            out.index_add_(0, torch.as_tensor(idx, device=self.device), img)
+            out.index_add_(1, torch.as_tensor(idx, device=self.device), img.transpose(0, 1))
 
     def _stars(self, stars: list[dict]) -> np.ndarray:
         """Stars (C, H, W): Gaussian PSF sampled at pixel centres, normalised analytically (a star
