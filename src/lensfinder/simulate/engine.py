@@ -17,6 +17,7 @@ ALIGN = 32  # grid sides are padded to multiples of this (see render.py on repro
 _POINT_CHUNK_ELEMENTS = 32768  # pixels x images per point-mass chunk (keeps the buffers in L2)
 _SOFT2 = render.SOFTENING_ARCSEC ** 2
 _SLOT_CHUNK_ELEMENTS = 32768  # slots x pixels per Task-2 Sersic chunk (keeps the buffers in L2)
+_EXP_FLOOR = 60.0  # Sersic exponents are floored at -60 (see _sersic_into)
 
 
 def _aligned(n: int) -> int:
@@ -365,7 +366,9 @@ class LensfindingSimulator(_Base):
                 uu.sqrt_()
             else:
                 uu.log_().mul_(cc[6]).exp_()
-            torch.addcmul(cc[7], uu, cc[7], value=-1.0, out=ddy).exp_()
+            # floor the exponent: tails below e^-60 of the amplitude (irrelevant) would otherwise
+            # underflow into subnormal floats, which are many times slower in every later pass
+            torch.addcmul(cc[7], uu, cc[7], value=-1.0, out=ddy).clamp_(min=-_EXP_FLOOR).exp_()
             torch.mul(ddy[None], amps[:, r0:r1, None], out=ff)
             for j in range(len(bounds) - 1):
                 s0, s1 = max(bounds[j], r0), min(bounds[j + 1], r1)
@@ -453,6 +456,7 @@ class LensfindingSimulator(_Base):
             flux = self._t(np.stack([st["flux"] for st in stars]))       # (S, C)
             d = (axis - pos[:, :, None, None]) / sigma                   # (S, 2, C, n)
             g = d.mul_(d).mul_(-0.5).exp_().div_(norm)
+            g.masked_fill_(g < 1e-15, 0.0)  # no subnormal products in the outer product below
             img = torch.matmul((g[:, 1] * flux[:, :, None])[..., None], g[:, 0, :, None, :])  # outer products
             out.index_add_(1, torch.as_tensor(idx, device=self.device), img.transpose(0, 1))
 
