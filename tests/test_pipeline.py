@@ -81,18 +81,36 @@ def test_lensfinding_round_trip_learns_and_reports_survey_metrics(tmp_path, lens
         predict_catalog([lensfinding_root / "test_lenses"], tmp_path / "s.csv", run=run.path, shard=(3, 3))
 
 
-def test_resume_continues_from_last_checkpoint(tmp_path, substructure_root):
+def test_resume_continues_from_last_checkpoint(tmp_path, substructure_root, monkeypatch):
+    from lightning.pytorch.callbacks import Callback
+
+    import lensfinder.train.run as run_module
+
+    class Interrupt(Callback):
+        def on_train_epoch_start(self, trainer, module):
+            if trainer.current_epoch == 1:
+                raise RuntimeError("power cut")
+
+    real_get_trainer = run_module.get_trainer
+
+    def interrupted_trainer(*args, **kwargs):
+        trainer = real_get_trainer(*args, **kwargs)
+        trainer.callbacks.insert(0, Interrupt())
+        return trainer
+
     out = tmp_path / "run"
-    train(_config("substructure", substructure_root, out, epochs=1))
+    monkeypatch.setattr(run_module, "get_trainer", interrupted_trainer)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(_config("substructure", substructure_root, out, epochs=2, model="resnet-s", scheduler="onecycle"))
+    assert (out / "checkpoints" / "last.ckpt").exists() and not (out / "model.safetensors").exists()
+    monkeypatch.setattr(run_module, "get_trainer", real_get_trainer)
+
     with pytest.raises(InputError, match="already holds a run"):
-        train(_config("substructure", substructure_root, out, epochs=1))
-    # Simulate an interruption after epoch 1 of a 2-epoch run: raise the epoch budget, then resume.
-    saved = yaml.safe_load((out / "config.yaml").read_text())
-    saved["epochs"] = 2
-    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+        train(_config("substructure", substructure_root, out, epochs=2))
     train(_config("substructure", substructure_root, out), resume=True)
     history = list(csv.DictReader(open(out / "history.csv")))
     assert [row["epoch"] for row in history] == ["1", "2"]
+    assert (out / "model.safetensors").exists()
     with pytest.raises(InputError, match="nothing to resume"):
         train(_config("substructure", substructure_root, tmp_path / "fresh"), resume=True)
 
@@ -165,3 +183,34 @@ def test_training_on_the_simulated_stream(tmp_path):
     assert load_model(run.path).hparams.preset == "deeplense-model-iii"
     with pytest.raises(InputError, match="--stream-preset"):
         train(_config("substructure", data, tmp_path / "run2", stream=True))
+
+
+def test_calibration_keeps_ranking_and_prior_shift(tmp_path, lensfinding_root):
+    import torch
+
+    from lensfinder.train.calibrate import apply_to_log_probs, fit_calibration, shift_prevalence
+
+    torch.manual_seed(0)
+    labels = torch.randint(0, 2, (400,))
+    overconfident = torch.log_softmax(6.0 * torch.stack([-(labels - 0.5 + 0.6 * torch.randn(400)), labels - 0.5 + 0.6 * torch.randn(400)], 1), 1)
+    cal = fit_calibration(overconfident, labels)
+    assert 0 < cal["scale"] < 1  # an overconfident model is cooled down
+    assert cal["fit_prevalence"][1] == pytest.approx(float(labels.float().mean()))
+    probs = torch.softmax(apply_to_log_probs(overconfident, cal["scale"], cal["bias"]), 1)
+    # At the likelihood optimum of a fit with an intercept, the mean probability equals the base rate.
+    assert float(probs[:, 1].mean()) == pytest.approx(float(labels.float().mean()), abs=1e-3)
+    survey = shift_prevalence(probs, cal, 1e-3)
+    fitted = cal["fit_prevalence"][1]
+    odds_ratio = (survey[:, 1] / survey[:, 0]) / (probs[:, 1] / probs[:, 0])  # Bayes: odds scale with the prior odds
+    torch.testing.assert_close(odds_ratio, torch.full_like(odds_ratio, (1e-3 / (1 - 1e-3)) / (fitted / (1 - fitted))), rtol=1e-3, atol=0)
+    assert torch.equal(torch.argsort(survey[:, 1]), torch.argsort(probs[:, 1]))
+    assert torch.equal(torch.argsort(probs[:, 1]), torch.argsort(overconfident[:, 1] - overconfident[:, 0]))
+
+    run = train(_config("lensfinding", lensfinding_root, tmp_path / "run", epochs=2))
+    assert json.loads((run.path / "calibration.json").read_text())["scale"] > 0
+    result = evaluate(run, lensfinding_root)
+    assert 0 <= result["ece_at_split_prevalence"] <= 1
+    raw = list(csv.DictReader(open(predict_catalog([lensfinding_root / "test_lenses"], tmp_path / "a.csv", run=run.path))))
+    rare = list(csv.DictReader(open(predict_catalog([lensfinding_root / "test_lenses"], tmp_path / "b.csv", run=run.path, prevalence=1e-3))))
+    assert [r["path"] for r in raw] == [r["path"] for r in rare]
+    assert all(float(b["p_lens"]) <= float(a["p_lens"]) + 1e-9 for a, b in zip(raw, rare))

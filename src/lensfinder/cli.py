@@ -107,6 +107,7 @@ def predict(
     allow_pickle: bool = typer.Option(False, "--allow-pickle"),
     bands: Optional[str] = typer.Option(None, help="one FITS file per band: comma-separated band suffixes, e.g. g,r,i"),
     shard: Optional[str] = typer.Option(None, help="K/N: score only every N-th object from K (one job of N on a cluster)"),
+    prevalence: Optional[float] = typer.Option(None, help="lens finding: express probabilities for this lens fraction, e.g. 0.001"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Score cutouts and write a CSV ranked by lens (or class) probability."""
@@ -115,7 +116,8 @@ def predict(
     path = predict_catalog(inputs, out, run=run, task=task, batch_size=batch_size, tta=tta, device=device,
                            num_workers=num_workers, allow_pickle=allow_pickle,
                            band_suffixes=[b.strip() for b in bands.split(",")] if bands else None,
-                           shard=_parse_shard(shard) if shard else None, progress=progress)
+                           shard=_parse_shard(shard) if shard else None, progress=progress,
+                           prevalence=prevalence)
     typer.echo(f"predictions written to {path}")
 
 

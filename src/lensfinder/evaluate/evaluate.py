@@ -8,10 +8,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import metrics as M
 from ..data.cache import open_packed, pack
 from ..data.layouts import discover, train_val_listings, write_text_atomic
+from ..train.calibrate import shift_prevalence
 from ..train.run import Run, load_model
 from ..validation import InputError, check_channels
 from . import plots
@@ -39,6 +41,12 @@ def evaluate(run: Run | Path, data: Path, *, split: str = "test", tta: bool | No
     probs = predict_array(module, images, batch_size=batch_size, tta=tta, device=device)
     labels = listing.labels
     result = compute_metrics(labels, probs, listing.class_names)
+    calibration = module.hparams.get("calibration")
+    if calibration and len(listing.class_names) == 2:
+        # Calibrated at the training prevalence; also judged at this split's own lens fraction.
+        shifted = shift_prevalence(torch.from_numpy(probs), calibration, float(labels.mean())).numpy()
+        result["calibration_at_split_prevalence"] = M.reliability(labels, shifted)
+        result["ece_at_split_prevalence"] = result["calibration_at_split_prevalence"]["ece"]
     result.update(split=split, n=int(len(labels)), tta=bool(module.hparams.tta if tta is None else tta),
                   model=module.hparams.model_name, data=str(data))
 

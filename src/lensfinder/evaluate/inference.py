@@ -28,7 +28,7 @@ class _ArrayDataset(Dataset):
 
 @torch.no_grad()
 def predict_loader(module: LensModule, loader, *, tta: bool | None = None, device: str = "auto",
-                   progress: bool = False) -> np.ndarray:
+                   progress: bool = False, prevalence: float | None = None) -> np.ndarray:
     """Class probabilities (N, K) for every batch of a loader yielding image tensors (or (images, extra) pairs)."""
     target = pick_device(device)
     module = module.to(target).eval()
@@ -40,7 +40,7 @@ def predict_loader(module: LensModule, loader, *, tta: bool | None = None, devic
         batches = track(loader, description="scoring cutouts", total=len(loader), transient=True)
     for batch in batches:
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        chunks.append(module.predict_proba(images.to(target, non_blocking=True), tta=tta).float().cpu().numpy())
+        chunks.append(module.predict_proba(images.to(target, non_blocking=True), tta=tta, prevalence=prevalence).float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, module.hparams.num_classes), dtype=np.float32)
 
 

@@ -121,7 +121,8 @@ class CutoutDataset(Dataset):
 def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, task: str | None = None,
                     batch_size: int = 512, tta: bool | None = None, device: str = "auto", num_workers: int = 0,
                     allow_pickle: bool = False, band_suffixes: list[str] | None = None,
-                    shard: tuple[int, int] | None = None, progress: bool = False) -> Path:
+                    shard: tuple[int, int] | None = None, progress: bool = False,
+                    prevalence: float | None = None) -> Path:
     """Write `out` (CSV): rank, path, p_<class> for each class, predicted; ranked by the positive-class
     probability (binary tasks) or by the confidence of the predicted class (multi-class).
 
@@ -131,6 +132,10 @@ def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, t
     if not out.name.lower().endswith(OUTPUT_SUFFIXES):
         raise InputError(f"{out}: unsupported output type; expected one of {', '.join(OUTPUT_SUFFIXES)}")
     module = resolve_model(run=run, task=task)
+    if prevalence is not None and (module.hparams.num_classes != 2 or not module.hparams.get("calibration")):
+        raise InputError("--prevalence needs a calibrated binary (lens-finding) model")
+    if prevalence is not None and not 0 < prevalence < 1:
+        raise InputError(f"--prevalence must be in (0, 1), got {prevalence}")
     files = expand_inputs(inputs)
     if band_suffixes:
         objects = group_bands([f for f in files if _is_fits(f)], band_suffixes)
@@ -143,7 +148,7 @@ def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, t
         objects = objects[index::count]
     dataset = CutoutDataset(objects, channels=module.hparams.in_channels, size=module.hparams.image_size, allow_pickle=allow_pickle)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    probs = predict_loader(module, loader, tta=tta, device=device, progress=progress)
+    probs = predict_loader(module, loader, tta=tta, device=device, progress=progress, prevalence=prevalence)
     class_names = list(module.hparams.class_names)
     key = probs[:, 1] if len(class_names) == 2 else probs.max(1)
     order = np.argsort(-key, kind="stable")

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ..data.normalize import Normalizer
 from ..data.transforms import d4_transform, random_d4
+from .calibrate import apply_to_log_probs, shift_prevalence
 from ..metrics import roc_auc_ovr
 from ..models import create_model
 
@@ -17,7 +18,7 @@ class LensModule(L.LightningModule):
     def __init__(self, *, task: str, model_name: str, in_channels: int, num_classes: int, image_size: int,
                  class_names: list[str], normalization: dict, class_weights: list[float] | None,
                  lr: float, weight_decay: float, scheduler: str, augment: bool, tta: bool,
-                 preset: str | None = None, model_kwargs: dict | None = None):
+                 preset: str | None = None, model_kwargs: dict | None = None, calibration: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(model_name, in_channels, num_classes, image_size=image_size, **(model_kwargs or {}))
@@ -30,11 +31,20 @@ class LensModule(L.LightningModule):
         return self.model(self.normalizer(x))
 
     @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor, *, tta: bool | None = None) -> torch.Tensor:
-        """Class probabilities; with test-time averaging, the mean over the 8 D4 views."""
+    def predict_proba(self, x: torch.Tensor, *, tta: bool | None = None, calibrated: bool = True,
+                      prevalence: float | None = None) -> torch.Tensor:
+        """Class probabilities; with test-time averaging, the mean over the 8 D4 views.
+
+        Calibrated (when a calibration was fitted after training) by default; `prevalence` (binary tasks)
+        re-expresses them for a population with that fraction of positives, e.g. 1e-3 for a survey."""
         use_tta = self.hparams.tta if tta is None else tta
         views = range(8) if use_tta else range(1)
-        return torch.stack([F.softmax(self(d4_transform(x, k)), dim=1) for k in views]).mean(0)
+        probs = torch.stack([F.softmax(self(d4_transform(x, k)), dim=1) for k in views]).mean(0)
+        calibration = self.hparams.get("calibration")
+        if not calibrated or calibration is None:
+            return probs
+        probs = F.softmax(apply_to_log_probs(torch.log(probs.clamp_min(1e-12)), calibration["scale"], calibration["bias"]), dim=1)
+        return shift_prevalence(probs, calibration, prevalence) if prevalence is not None else probs
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y, weight=self.class_weight)

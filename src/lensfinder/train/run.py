@@ -20,6 +20,7 @@ from ..data.datamodule import LensDataModule, PackedDataset
 from ..data.layouts import Listing, discover, train_val_listings, write_split_record, write_text_atomic
 from ..data.normalize import channel_stats
 from ..validation import InputError
+from .calibrate import fit_calibration, validation_log_probs
 from .history import plot_history, read_history
 from .module import LensModule
 from .trainer import get_trainer
@@ -155,6 +156,11 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
         best = trainer.checkpoint_callback.best_model_path or str(run_dir / "checkpoints" / "last.ckpt")
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]  # our own checkpoint
         module.load_state_dict(state)
-        export_model(module.cpu(), run_dir / "model.safetensors")
+        module = module.cpu()
+        val_images = open_packed(val_pack)
+        calibration = fit_calibration(validation_log_probs(module, val_images), torch.as_tensor(val_listing.labels))
+        module.hparams.calibration = calibration
+        write_text_atomic(run_dir / "calibration.json", json.dumps(calibration, indent=1))
+        export_model(module, run_dir / "model.safetensors")
         plot_history(read_history(run_dir / "history.csv"), run_dir / "figures" / "history.png")
     return Run(run_dir)
