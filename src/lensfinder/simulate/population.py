@@ -102,7 +102,7 @@ def _sersic_slot(x, y, q, phi, n, r_eff, fluxes):
 
 def _galaxy(rng, kind: str, pop: dict, mag_i: float, x: float, y: float) -> tuple[list, dict]:
     """Slots of an elliptical or disk galaxy; returns (slots, summary)."""
-    phi = rng.uniform(0.0, np.pi)
+    phi = rng.uniform(0.0, math.pi)
     if kind == "elliptical":
         e = pop["elliptical"]
         q, n, r_eff = _u(rng, e["q"]), _u(rng, e["n"]), _u(rng, e["r_eff_arcsec"])
@@ -127,7 +127,7 @@ def sample_lensfinding(rng: np.random.Generator, is_lens: bool, preset: dict) ->
     pop = preset
     half = preset["num_pix"] * preset["pixel_scale_arcsec"] / 2.0
     light, rings, sources, stars = [], [], [], []
-    gx, gy = rng.uniform(-0.1, 0.1, 2)
+    gx, gy = (float(v) for v in rng.uniform(-0.1, 0.1, 2))
     mag_i = _u(rng, pop["central_mag_i"])
     if is_lens:
         mix = pop["lens_deflector_mix"]
@@ -143,17 +143,17 @@ def sample_lensfinding(rng: np.random.Generator, is_lens: bool, preset: dict) ->
         host = "disk" if confuser_kind == "ring" else "elliptical"
         slots, gal = _galaxy(rng, host, pop, mag_i, gx, gy)
         light += slots
-        ang = rng.uniform(0.0, 2.0 * np.pi)
+        ang = rng.uniform(0.0, 2.0 * math.pi)
         if confuser_kind == "merger":  # a similar galaxy 0.6-1.6 arcsec away
             sep = rng.uniform(0.6, 1.6)
             comp, _ = _galaxy(rng, "elliptical", pop, mag_i + rng.uniform(0.0, 1.5),
-                              gx + sep * np.cos(ang), gy + sep * np.sin(ang))
+                              gx + sep * math.cos(ang), gy + sep * math.sin(ang))
             light += comp
         elif confuser_kind == "blue_companion":  # compact blue knot 0.5-2 arcsec away
             sep = rng.uniform(0.5, 2.0)
             fluxes = _colour_fluxes(rng.uniform(21.0, 24.0), rng.uniform(-0.1, 0.3), rng.uniform(-0.1, 0.2))
-            light.append(_sersic_slot(gx + sep * np.cos(ang), gy + sep * np.sin(ang),
-                                      rng.uniform(0.5, 1.0), rng.uniform(0, np.pi), 1.0,
+            light.append(_sersic_slot(gx + sep * math.cos(ang), gy + sep * math.sin(ang),
+                                      rng.uniform(0.5, 1.0), rng.uniform(0, math.pi), 1.0,
                                       rng.uniform(0.1, 0.3), fluxes))
         else:  # blue ring (full) or tidal arc (partial) around the galaxy
             radius = rng.uniform(1.0, 2.5)
@@ -162,9 +162,9 @@ def sample_lensfinding(rng: np.random.Generator, is_lens: bool, preset: dict) ->
             arc_half = np.inf if full else rng.uniform(0.3, 1.2)
             fluxes = _colour_fluxes(rng.uniform(20.5, 23.5), rng.uniform(-0.1, 0.4), rng.uniform(-0.1, 0.3))
             ring_q = rng.uniform(0.6, 1.0)
-            angular = 2 * np.pi if full else arc_half * np.sqrt(2 * np.pi)
-            norm = radius * angular * width * np.sqrt(2 * np.pi)  # approx. integral of unit profile
-            rings.append({"x": gx, "y": gy, "q": ring_q, "phi": rng.uniform(0, np.pi),
+            angular = 2 * math.pi if full else arc_half * math.sqrt(2 * math.pi)
+            norm = radius * angular * width * math.sqrt(2 * math.pi)  # approx. integral of unit profile
+            rings.append({"x": gx, "y": gy, "q": ring_q, "phi": rng.uniform(0, math.pi),
                           "radius": radius, "width": width, "arc_angle": ang,
                           "arc_half_width": arc_half, "amp": fluxes / norm})
     else:
@@ -178,9 +178,9 @@ def sample_lensfinding(rng: np.random.Generator, is_lens: bool, preset: dict) ->
     n_neigh = int(rng.integers(0, pop["neighbours"]["max"] + 1))
     for _ in range(n_neigh):
         r = rng.uniform(1.5 * 1.5, half**2) ** 0.5
-        ang = rng.uniform(0, 2 * np.pi)
+        ang = rng.uniform(0, 2 * math.pi)
         slots, _ = _galaxy(rng, "elliptical" if rng.uniform() < 0.5 else "disk", pop,
-                           _u(rng, pop["neighbours"]["mag_i"]), r * np.cos(ang), r * np.sin(ang))
+                           _u(rng, pop["neighbours"]["mag_i"]), r * math.cos(ang), r * math.sin(ang))
         light += slots
     n_stars = int(rng.integers(0, pop["stars"]["max"] + 1))
     for _ in range(n_stars):
@@ -190,14 +190,14 @@ def sample_lensfinding(rng: np.random.Generator, is_lens: bool, preset: dict) ->
     p.update(n_neighbours=n_neigh, n_stars=n_stars)
 
     if is_lens:
-        theta_e = float(np.exp(rng.uniform(*np.log(pop["theta_e_arcsec"]))))
+        theta_e = math.exp(rng.uniform(*(math.log(v) for v in pop["theta_e_arcsec"])))
         q_mass = float(min(1.0, max(0.3, gal["q"] + rng.normal(0.0, pop["mass_q_scatter"]))))
         gamma = rng.uniform(0.0, pop["shear_max"])
-        gamma_ang = rng.uniform(0.0, np.pi)
+        gamma_ang = rng.uniform(0.0, math.pi)
         s = pop["source"]
-        r_off = theta_e * s["max_offset_theta_e"] * np.sqrt(rng.uniform())
-        a_off = rng.uniform(0, 2 * np.pi)
-        sx, sy = gx + r_off * np.cos(a_off), gy + r_off * np.sin(a_off)
+        r_off = theta_e * s["max_offset_theta_e"] * math.sqrt(rng.uniform())
+        a_off = rng.uniform(0, 2 * math.pi)
+        sx, sy = gx + r_off * math.cos(a_off), gy + r_off * math.sin(a_off)
         mag_src = _u(rng, s["mag_i"])
         g_r, r_i = _u(rng, s["g_r"]), _u(rng, s["r_i"])
         src_r = _u(rng, s["r_eff_arcsec"])
@@ -205,16 +205,16 @@ def sample_lensfinding(rng: np.random.Generator, is_lens: bool, preset: dict) ->
         clump_frac = rng.uniform(0.05, 0.2, n_clumps)
         total = _colour_fluxes(mag_src, g_r, r_i)
         main = total * max(0.3, 1.0 - clump_frac.sum())
-        sources.append(_sersic_slot(sx, sy, _u(rng, s["q"]), rng.uniform(0, np.pi), _u(rng, s["n"]), src_r, main))
+        sources.append(_sersic_slot(sx, sy, _u(rng, s["q"]), rng.uniform(0, math.pi), _u(rng, s["n"]), src_r, main))
         for frac in clump_frac:  # compact, bluer star-forming knots inside the source
-            cr = src_r * np.sqrt(rng.uniform())
-            ca = rng.uniform(0, 2 * np.pi)
+            cr = src_r * math.sqrt(rng.uniform())
+            ca = rng.uniform(0, 2 * math.pi)
             bluer = _colour_fluxes(mag_src, g_r - 0.2, r_i - 0.1)
-            sources.append(_sersic_slot(sx + cr * np.cos(ca), sy + cr * np.sin(ca), rng.uniform(0.6, 1.0),
-                                        rng.uniform(0, np.pi), 1.0, rng.uniform(0.03, 0.08),
+            sources.append(_sersic_slot(sx + cr * math.cos(ca), sy + cr * math.sin(ca), rng.uniform(0.6, 1.0),
+                                        rng.uniform(0, math.pi), 1.0, rng.uniform(0.03, 0.08),
                                         bluer / bluer[2] * total[2] * frac))
         p.update(theta_e_arcsec=theta_e, mass_q=q_mass, mass_phi_rad=gal["phi"],
-                 shear_gamma1=gamma * np.cos(2 * gamma_ang), shear_gamma2=gamma * np.sin(2 * gamma_ang),
+                 shear_gamma1=gamma * math.cos(2 * gamma_ang), shear_gamma2=gamma * math.sin(2 * gamma_ang),
                  source_x_arcsec=sx, source_y_arcsec=sy, source_offset_theta_e=r_off / theta_e,
                  source_mag_i=mag_src, source_r_eff_arcsec=src_r, n_clumps=n_clumps,
                  source_flux_i_nmgy=float(sum(sl["amp"][2] * _unit_sersic_flux(sl["r_eff"], sl["n"])
