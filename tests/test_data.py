@@ -181,3 +181,15 @@ def test_d4_group():
     out = random_d4(batch, torch.Generator().manual_seed(0))
     for i in range(32):
         assert any(torch.equal(out[i], d4_transform(batch[i], k)) for k in range(8))
+
+
+def test_balanced_sampler_draws_classes_equally_and_reproducibly():
+    from lensfinder.data.datamodule import balanced_sampler
+
+    labels = np.array([0] * 170 + [1] * 10)  # 1:17, as the lens-finding training split
+    draws = np.array(list(balanced_sampler(labels, seed=3)))
+    assert len(draws) == len(labels)
+    lens_share = (labels[draws] == 1).mean()
+    assert 0.4 < lens_share < 0.6  # shuffling would give 0.056
+    assert np.array_equal(draws, np.array(list(balanced_sampler(labels, seed=3))))
+    assert not np.array_equal(draws, np.array(list(balanced_sampler(labels, seed=4))))

@@ -43,6 +43,7 @@ def train(
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="random D4 symmetries"),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="average over the 8 D4 views when predicting"),
     class_weights: Optional[str] = typer.Option(None, help="balanced | none"),
+    sampling: Optional[str] = typer.Option(None, help="shuffle | balanced (every class equally often)"),
     seed: Optional[int] = typer.Option(None),
     devices: Optional[str] = typer.Option(None, help="number of devices or 'auto'"),
     num_nodes: Optional[int] = typer.Option(None),
@@ -65,7 +66,7 @@ def train(
     values = load_yaml(config) if config else {}
     flags = dict(model=model, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                  scheduler=scheduler, normalization=normalization, augment=augment, tta=tta, class_weights=class_weights,
-                 seed=seed, devices=devices, num_nodes=num_nodes, accelerator=accelerator, strategy=strategy,
+                 sampling=sampling, seed=seed, devices=devices, num_nodes=num_nodes, accelerator=accelerator, strategy=strategy,
                  precision=precision, num_workers=num_workers, stream_preset=stream_preset, steps_per_epoch=steps_per_epoch,
                  early_stopping=early_stopping)
     values.update({k: v for k, v in flags.items() if v is not None})

@@ -54,6 +54,8 @@ class ResNet(nn.Module):
             nn.init.zeros_(block.bn2.weight)  # each block starts as the identity: steadier early training
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # Channels-last runs these small convolutions markedly faster on CPU (oneDNN); results are unchanged.
+        x = x.contiguous(memory_format=torch.channels_last)
         return torch.flatten(self.pool(self.stages(self.stem(x))), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from safetensors.torch import safe_open, save_file
 
 from ..config import TrainConfig
 from ..data.cache import open_packed, pack
-from ..data.datamodule import LensDataModule, PackedDataset
+from ..data.datamodule import LensDataModule, PackedDataset, balanced_sampler
 from ..data.layouts import Listing, discover, train_val_listings, write_split_record, write_text_atomic
 from ..data.normalize import channel_stats
 from ..validation import InputError
@@ -148,8 +148,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
                                      batch_size=config.batch_size)
     else:
         train_set = PackedDataset(train_pack, train_listing.labels)
+    sampler = balanced_sampler(train_listing.labels, seed=config.seed) if config.sampling == "balanced" and not config.stream else None
     datamodule = LensDataModule(train_set, PackedDataset(val_pack, val_listing.labels), batch_size=config.batch_size,
-                                num_workers=config.num_workers, shuffle_train=not config.stream)
+                                num_workers=config.num_workers, shuffle_train=not config.stream, train_sampler=sampler)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
     if trainer.is_global_zero:
