@@ -122,7 +122,7 @@ class SubstructureSimulator(_Base):
         area = (self.pixel_scale_arcsec / self.supersampling) ** 2
         self._sersic_log_norm = float(s["k"] + np.log(s["amp"] * area))
         kern = self.kernels[0]
-        self._taps = [float(v) for v in kern.cpu().numpy()]
+        self._taps = kern.cpu().numpy()
 
     def _point_deflection(self, xk: torch.Tensor, yk: torch.Tensor, t2: torch.Tensor):
         """Summed point-mass deflection (B, npix) on the kept pixels, accumulated mass by mass, in
@@ -178,38 +178,19 @@ class SubstructureSimulator(_Base):
         if s["n"] != 1.0:
             r = r.pow_(1.0 / s["n"])
         sb = r.mul_(-s["k"]).add_(self._sersic_log_norm).exp_()
-        return self._convolve_flat(sb)[:, None]
+        return self._convolve(sb)[:, None]
 
-    def _convolve_flat(self, flux: torch.Tensor) -> torch.Tensor:
+    def _convolve(self, flux: torch.Tensor) -> torch.Tensor:
         """(B, npix) pixel fluxes (the n x n kept pixels, flattened) -> PSF-convolved (B, n, n):
-        separable, edge replication (scipy mode "nearest"), taps summed in fixed order on flat
-        contiguous buffers whose lengths are multiples of the alignment (no scalar loop tails)."""
+        separable, edge replication (scipy mode "nearest"), taps summed in fixed order, image by
+        image (no reduction across the batch): on CPU one compiled loop (kernels.py), elsewhere
+        render.convolve_separable's tensor passes."""
         n, b = self._n, flux.shape[0]
-        taps = self._taps
-        r = len(taps) // 2
-        img = flux[:, :n * n].view(b, n, n)
-        if r == 0:
-            return img * taps[0]
-        width = _aligned(n + 2 * r)
-        rows_n = n + 2 * r
-        length = b * rows_n * width
-        buf = torch.zeros(length + ALIGN * ALIGN + width * 2 * r, dtype=self.dtype, device=self.device)
-        pad = buf[:length].view(b, rows_n, width)
-        pad[:, r:r + n, r:r + n] = img
-        pad[:, r:r + n, :r] = img[:, :, :1]
-        pad[:, r:r + n, r + n:r + n + r] = img[:, :, -1:]
-        pad[:, :r] = pad[:, r:r + 1]
-        pad[:, r + n:] = pad[:, r + n - 1:r + n]
-        total = -(-length // (ALIGN * ALIGN)) * ALIGN * ALIGN
-        hbuf = torch.zeros(total + width * 2 * r, dtype=self.dtype, device=self.device)
-        h = hbuf[:total]
-        torch.mul(buf[0:total], taps[0], out=h)
-        for t in range(1, len(taps)):
-            h.add_(buf[t:t + total], alpha=taps[t])
-        out = torch.mul(hbuf[0:total], taps[0])
-        for t in range(1, len(taps)):
-            out.add_(hbuf[t * width:t * width + total], alpha=taps[t])
-        return out[:length].view(b, rows_n, width)[:, :n, :n]
+        if self.device.type != "cpu":
+            return render.convolve_separable(flux[:, :n * n].reshape(b, 1, n, n), self.kernels)[:, 0]
+        out = torch.empty((b, n, n), dtype=self.dtype)
+        kernels.convolve_nearest(flux.numpy(), n, self._taps, out.numpy())
+        return out
 
     def add_noise(self, image: np.ndarray, params: dict, rng: np.random.Generator) -> np.ndarray:
         """One image (H, W) float64 -> noisy image, per the preset's noise model."""

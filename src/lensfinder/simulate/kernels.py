@@ -1,5 +1,5 @@
 """Compiled (numba) CPU loops for the per-pixel work that torch and numpy can only do in many
-passes: the Task-1 point-mass deflections (25 or 100 masses per image) and the DeepLense noise.
+passes: the Task-1 point-mass deflections (25 or 100 masses per image), PSF and DeepLense noise.
 
 error_model="numpy": a float division by zero gives inf instead of raising, which lets LLVM
 vectorise the point-mass loop (the Python error model adds a branch per division). No fastmath:
@@ -38,6 +38,39 @@ def point_deflection(gx, gy, xk, yk, t2, soft2, ax, ay):
                     f = m / (dx * dx + dy * dy + soft2)
                     sx[i] += f * dx
                     sy[i] += f * dy
+
+
+@numba.njit(cache=True)
+def convolve_nearest(flux, n, taps, out):
+    """Separable PSF: out[b] (n, n) = taps (odd length) along x then along y applied to the first
+    n * n values of flux[b] (an n x n image, row-major), edges replicated (scipy mode "nearest"),
+    taps summed in order; rows are padded in small buffers that stay in cache."""
+    r = taps.size // 2
+    line = np.empty(n + 2 * r, flux.dtype)
+    rows = np.empty((n + 2 * r, n), flux.dtype)  # x-filtered rows, edge rows repeated r times
+    for b in range(flux.shape[0]):
+        for y in range(n):
+            src = flux[b, y * n:(y + 1) * n]
+            line[:r] = src[0]
+            line[r:r + n] = src
+            line[r + n:] = src[n - 1]
+            h = rows[y + r]
+            for x in range(n):
+                h[x] = line[x] * taps[0]
+            for t in range(1, taps.size):
+                for x in range(n):
+                    h[x] += line[x + t] * taps[t]
+        for t in range(r):
+            rows[t] = rows[r]
+            rows[r + n + t] = rows[r + n - 1]
+        for y in range(n):
+            o = out[b, y]
+            for x in range(n):
+                o[x] = rows[y, x] * taps[0]
+            for t in range(1, taps.size):
+                row = rows[y + t]
+                for x in range(n):
+                    o[x] += row[x] * taps[t]
 
 
 @numba.njit(cache=True, error_model="numpy")
