@@ -17,6 +17,27 @@ import numpy as np
 
 _PIXEL_CHUNK = 1024  # pixels per pass over the masses: the chunk's coordinates and sums stay in L1
 _LOG_FACTORIAL = np.array([math.lgamma(k + 1.0) for k in range(2048)])  # PTRS test: a lookup, not lgamma
+_TABLE_LAM = 64  # Poisson(lam < 64) by table inversion (PTRS, above, needs logs half the time)
+_GUIDE = 64
+
+
+def _poisson_tables(size: int = 176):
+    """CDFs of Poisson(L), L = 0 .. _TABLE_LAM - 1, over k < size (tails beyond are below 1e-20),
+    normalised so that they end at exactly 1 (sums of pmfs are 1 only to ~1e-14: a uniform above
+    the last value would run off the table), and guide tables: guide[L, j] = smallest k with
+    cdf[L, k] >= j / _GUIDE, where the search for a uniform in [j / _GUIDE, (j + 1) / _GUIDE) starts."""
+    lam = np.arange(_TABLE_LAM, dtype=np.float64)[:, None]
+    k = np.arange(size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pmf = np.exp(k * np.log(lam) - lam - _LOG_FACTORIAL[:size])
+    pmf[0] = k == 0
+    cdf = np.cumsum(pmf, axis=1)
+    cdf /= cdf[:, -1:]
+    guide = np.array([np.searchsorted(row, np.arange(_GUIDE) / _GUIDE) for row in cdf])
+    return cdf, guide
+
+
+_CDF, _CDF_GUIDE = _poisson_tables()
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -75,36 +96,38 @@ def convolve_nearest(flux, n, taps, out):
 
 @numba.njit(cache=True, error_model="numpy")
 def _poisson(lam, rng):
-    """One exact Poisson(lam) draw, lam > 0: transformed rejection (PTRS, Hormann 1993, as numpy)
-    for lam >= 10, whose full acceptance test (logs, lgamma) runs only when the quick one fails;
-    below 10, inversion by sequential search from 0 (one uniform; numpy multiplies uniforms)."""
-    if lam >= 10.0:
-        b = 0.931 + 2.53 * math.sqrt(lam)
-        a = -0.059 + 0.02483 * b
-        vr = 0.9277 - 3.6224 / (b - 2.0)
-        while True:
-            u = rng.random() - 0.5
-            v = rng.random()
-            us = 0.5 - abs(u)
-            k = math.floor((2.0 * a / us + b) * u + lam + 0.43)
-            if us >= 0.07 and v <= vr:
-                return k
-            if k < 0 or (us < 0.013 and v > us):
-                continue
-            if (math.log(v * (1.1239 + 1.1328 / (b - 3.4)) / (a / (us * us) + b))
-                    <= -lam + k * math.log(lam) - (_LOG_FACTORIAL[k] if k < 2048 else math.lgamma(k + 1.0))):
-                return k
-    u = rng.random()
-    p = math.exp(-lam)
-    cdf = p
-    k = 0
-    while u > cdf:  # lam / k is off the dependency chain of p (no division latency per step)
-        k += 1
-        p *= lam / k
-        if cdf + p == cdf:  # u within the float64 CDF's rounding of 1 (probability ~1e-16)
-            break
-        cdf += p
-    return k
+    """One exact Poisson(lam) draw, lam > 0. Below _TABLE_LAM: Poisson(floor(lam)) by inversion of
+    a tabulated CDF (one uniform, a guided search of one or two steps) plus Poisson(fraction)
+    as the arrivals of a unit-rate process within the fraction (exponential gaps, ~1.5 draws),
+    no logs or exps. Above: transformed rejection (PTRS, Hormann 1993, as numpy), whose full
+    acceptance test runs only when the quick one fails, log-factorials from a table."""
+    if lam < _TABLE_LAM:
+        n = int(lam)
+        u = rng.random()
+        cdf = _CDF[n]
+        k = _CDF_GUIDE[n, int(u * _GUIDE)]
+        while u > cdf[k]:
+            k += 1
+        gap = rng.standard_exponential()
+        while gap <= lam - n:
+            k += 1
+            gap += rng.standard_exponential()
+        return k
+    b = 0.931 + 2.53 * math.sqrt(lam)
+    a = -0.059 + 0.02483 * b
+    vr = 0.9277 - 3.6224 / (b - 2.0)
+    while True:
+        u = rng.random() - 0.5
+        v = rng.random()
+        us = 0.5 - abs(u)
+        k = math.floor((2.0 * a / us + b) * u + lam + 0.43)
+        if us >= 0.07 and v <= vr:
+            return k
+        if k < 0 or (us < 0.013 and v > us):
+            continue
+        if (math.log(v * (1.1239 + 1.1328 / (b - 3.4)) / (a / (us * us) + b))
+                <= -lam + k * math.log(lam) - (_LOG_FACTORIAL[k] if k < 2048 else math.lgamma(k + 1.0))):
+            return k
 
 
 @numba.njit(cache=True, error_model="numpy")
