@@ -5,7 +5,7 @@ error_model="numpy": a float division by zero gives inf instead of raising, whic
 vectorise the point-mass loop (the Python error model adds a branch per division). No fastmath:
 every operation is a correctly rounded IEEE operation, so results do not depend on vector width,
 loop tails or the CPU's FMA support, and each image's result is independent of its batch.
-numba is needed at run time (it is not a torch or numpy extension).
+numba is a run-time dependency of the simulator (compiled on first use, then cached on disk).
 """
 
 from __future__ import annotations
