@@ -9,12 +9,11 @@ import numpy as np
 import torch
 
 from . import conventions as conv
-from . import physics, render
+from . import kernels, physics, render
 from .presets import load_preset
 
 
 ALIGN = 32  # grid sides are padded to multiples of this (see render.py on reproducibility)
-_POINT_CHUNK_ELEMENTS = 32768  # pixels x images per point-mass chunk (keeps the buffers in L2)
 _SOFT2 = render.SOFTENING_ARCSEC ** 2
 _SLOT_CHUNK_ELEMENTS = 32768  # slots x pixels per Task-2 Sersic chunk (keeps the buffers in L2)
 _EXP_FLOOR = 60.0  # Sersic exponents are floored at -60 (see _sersic_into)
@@ -123,35 +122,29 @@ class SubstructureSimulator(_Base):
         area = (self.pixel_scale_arcsec / self.supersampling) ** 2
         self._sersic_log_norm = float(s["k"] + np.log(s["amp"] * area))
         kern = self.kernels[0]
-        self._taps = [float(v) for v in kern.cpu().numpy()]
+        self._taps = kern.cpu().numpy()
 
     def _point_deflection(self, xk: torch.Tensor, yk: torch.Tensor, t2: torch.Tensor):
-        """Summed point-mass deflection (B, npix) on the kept pixels, accumulated mass by mass in
-        place, in fixed order, over pixel chunks that stay in cache: only exact IEEE operations
-        (sub, mul, div, add), so the result is independent of the batch size."""
-        b, k = xk.shape
-        npix = self._npix
-        ax = torch.zeros((b, npix), dtype=self.dtype, device=self.device)
+        """Summed point-mass deflection (B, npix) on the kept pixels, accumulated mass by mass, in
+        fixed order, with exact IEEE operations only (sub, mul, div, add), so the result is
+        independent of the batch size. On CPU one compiled loop (kernels.py); elsewhere one tensor
+        pass per operation and mass."""
+        ax = torch.zeros((xk.shape[0], self._npix), dtype=self.dtype, device=self.device)
         ay = torch.zeros_like(ax)
-        pc = max(ALIGN * ALIGN, (_POINT_CHUNK_ELEMENTS // max(b, 1)) // (ALIGN * ALIGN) * ALIGN * ALIGN)
-        if self.device.type != "cpu":
-            pc = npix
-        dx = torch.empty((b, min(pc, npix)), dtype=self.dtype, device=self.device)
-        dy, f = torch.empty_like(dx), torch.empty_like(dx)
-        for p0 in range(0, npix, pc):
-            p1 = min(npix, p0 + pc)
-            gx, gy = self._gx[p0:p1], self._gy[p0:p1]
-            sx, sy = ax[:, p0:p1], ay[:, p0:p1]
-            w = p1 - p0
-            ddx, ddy, ff = dx[:, :w], dy[:, :w], f[:, :w]
-            for j in range(k):
-                torch.sub(gx, xk[:, j:j + 1], out=ddx)
-                torch.sub(gy, yk[:, j:j + 1], out=ddy)
-                torch.mul(ddx, ddx, out=ff)
-                ff.addcmul_(ddy, ddy).add_(_SOFT2)
-                torch.div(t2[:, j:j + 1], ff, out=ff)
-                sx.addcmul_(ff, ddx)
-                sy.addcmul_(ff, ddy)
+        if self.device.type == "cpu":
+            out = ax.numpy(), ay.numpy()
+            kernels.point_deflection(self._gx.numpy(), self._gy.numpy(), xk.numpy(), yk.numpy(), t2.numpy(),
+                                     out[0].dtype.type(_SOFT2), *out)
+            return ax, ay
+        dx, dy, f = torch.empty_like(ax), torch.empty_like(ax), torch.empty_like(ax)
+        for j in range(xk.shape[1]):
+            torch.sub(self._gx, xk[:, j:j + 1], out=dx)
+            torch.sub(self._gy, yk[:, j:j + 1], out=dy)
+            torch.mul(dx, dx, out=f)
+            f.addcmul_(dy, dy).add_(_SOFT2)
+            torch.div(t2[:, j:j + 1], f, out=f)
+            ax.addcmul_(f, dx)
+            ay.addcmul_(f, dy)
         return ax, ay
 
     def render(self, params: list[dict]) -> torch.Tensor:
@@ -185,38 +178,19 @@ class SubstructureSimulator(_Base):
         if s["n"] != 1.0:
             r = r.pow_(1.0 / s["n"])
         sb = r.mul_(-s["k"]).add_(self._sersic_log_norm).exp_()
-        return self._convolve_flat(sb)[:, None]
+        return self._convolve(sb)[:, None]
 
-    def _convolve_flat(self, flux: torch.Tensor) -> torch.Tensor:
+    def _convolve(self, flux: torch.Tensor) -> torch.Tensor:
         """(B, npix) pixel fluxes (the n x n kept pixels, flattened) -> PSF-convolved (B, n, n):
-        separable, edge replication (scipy mode "nearest"), taps summed in fixed order on flat
-        contiguous buffers whose lengths are multiples of the alignment (no scalar loop tails)."""
+        separable, edge replication (scipy mode "nearest"), taps summed in fixed order, image by
+        image (no reduction across the batch): on CPU one compiled loop (kernels.py), elsewhere
+        render.convolve_separable's tensor passes."""
         n, b = self._n, flux.shape[0]
-        taps = self._taps
-        r = len(taps) // 2
-        img = flux[:, :n * n].view(b, n, n)
-        if r == 0:
-            return img * taps[0]
-        width = _aligned(n + 2 * r)
-        rows_n = n + 2 * r
-        length = b * rows_n * width
-        buf = torch.zeros(length + ALIGN * ALIGN + width * 2 * r, dtype=self.dtype, device=self.device)
-        pad = buf[:length].view(b, rows_n, width)
-        pad[:, r:r + n, r:r + n] = img
-        pad[:, r:r + n, :r] = img[:, :, :1]
-        pad[:, r:r + n, r + n:r + n + r] = img[:, :, -1:]
-        pad[:, :r] = pad[:, r:r + 1]
-        pad[:, r + n:] = pad[:, r + n - 1:r + n]
-        total = -(-length // (ALIGN * ALIGN)) * ALIGN * ALIGN
-        hbuf = torch.zeros(total + width * 2 * r, dtype=self.dtype, device=self.device)
-        h = hbuf[:total]
-        torch.mul(buf[0:total], taps[0], out=h)
-        for t in range(1, len(taps)):
-            h.add_(buf[t:t + total], alpha=taps[t])
-        out = torch.mul(hbuf[0:total], taps[0])
-        for t in range(1, len(taps)):
-            out.add_(hbuf[t * width:t * width + total], alpha=taps[t])
-        return out[:length].view(b, rows_n, width)[:, :n, :n]
+        if self.device.type != "cpu":
+            return render.convolve_separable(flux[:, :n * n].reshape(b, 1, n, n), self.kernels)[:, 0]
+        out = torch.empty((b, n, n), dtype=self.dtype)
+        kernels.convolve_nearest(flux.numpy(), n, self._taps, out.numpy())
+        return out
 
     def add_noise(self, image: np.ndarray, params: dict, rng: np.random.Generator) -> np.ndarray:
         """One image (H, W) float64 -> noisy image, per the preset's noise model."""
@@ -226,12 +200,10 @@ class SubstructureSimulator(_Base):
             # DeepLenseSim simple_sim: counts = Poisson(t * (model + poisson + background)), with
             # poisson ~ N(0, sqrt(|model| / t)) and background ~ N(0, rms) independent, so their
             # sum is drawn as one Gaussian of the summed variance (the same distribution)
-            sigma = np.sqrt(np.abs(image) * (1.0 / t) + noise["background_rms"] ** 2)
-            lam = rng.standard_normal(image.shape, dtype=np.float32) * sigma
-            lam += image
-            lam *= t
-            np.maximum(lam, 0.0, out=lam)
-            return rng.poisson(lam).astype(np.float64)
+            out = np.empty(image.shape)
+            kernels.deeplense_counts(np.ascontiguousarray(image, dtype=np.float64).reshape(-1), float(t),
+                                     float(noise["background_rms"]), rng, out.reshape(-1))
+            return out
         bkg = physics.background_sigma_cps(
             read_noise_e=noise["read_noise_e"], exposure_time_s=noise["exposure_time_s"],
             num_exposures=noise["num_exposures"], sky_brightness_mag=noise["sky_brightness_mag"],
