@@ -1,6 +1,7 @@
 """End to end on tiny data: train one epoch, evaluate, predict; resume; the CLI once."""
 
 import csv
+import os
 import json
 import subprocess
 import sys
@@ -27,6 +28,9 @@ def test_substructure_round_trip(tmp_path, substructure_root):
     for name in ("config.yaml", "normalization.json", "history.csv", "model.safetensors", "checkpoints/best.ckpt",
                  "checkpoints/last.ckpt", "figures/history.png"):
         assert (run.path / name).exists(), name
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (run.path / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any output
     config = yaml.safe_load((run.path / "config.yaml").read_text())
     assert config["recipe"] == "report" and config["scheduler"] == "plateau" and config["lr"] == 1e-3
     norm = json.loads((run.path / "normalization.json").read_text())

@@ -50,6 +50,9 @@ def export_model(module: LensModule, path: Path) -> None:
     metadata = {"format": MODEL_FORMAT, "hparams": json.dumps(dict(module.hparams))}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates owner-only files; a model is shared like any output
     os.replace(tmp, path)
 
 
