@@ -37,6 +37,7 @@ def train(
     epochs: Optional[int] = typer.Option(None),
     batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None),
+    optimizer: Optional[str] = typer.Option(None, help="adam | adamw"),
     weight_decay: Optional[float] = typer.Option(None),
     scheduler: Optional[str] = typer.Option(None, help="plateau | onecycle | cosine"),
     normalization: Optional[str] = typer.Option(None, help="channel | minmax | asinh | log | none"),
@@ -64,7 +65,7 @@ def train(
     from .train.run import train as run_training
 
     values = load_yaml(config) if config else {}
-    flags = dict(model=model, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+    flags = dict(model=model, recipe=recipe, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                  scheduler=scheduler, normalization=normalization, augment=augment, tta=tta, class_weights=class_weights,
                  sampling=sampling, seed=seed, devices=devices, num_nodes=num_nodes, accelerator=accelerator, strategy=strategy,
                  precision=precision, num_workers=num_workers, stream_preset=stream_preset, steps_per_epoch=steps_per_epoch,

@@ -19,21 +19,23 @@ DEFAULT_MODELS = {"substructure": "resnet-s", "lensfinding": "resnet-s"}
 # it does not state a batch size, 64 is ours.
 RECIPES: dict[str, dict[str, dict]] = {
     "report": {
-        "substructure": dict(epochs=25, batch_size=64, lr=1e-3, weight_decay=1e-4, scheduler="plateau",
+        "substructure": dict(epochs=25, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=1e-4, scheduler="plateau",
                              normalization="channel", augment=False, tta=False, class_weights="none", sampling="shuffle"),
-        "lensfinding": dict(epochs=20, batch_size=64, lr=1e-3, weight_decay=1e-4, scheduler="plateau",
+        "lensfinding": dict(epochs=20, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=1e-4, scheduler="plateau",
                             normalization="channel", augment=False, tta=False, class_weights="balanced", sampling="shuffle"),
     },
     "lensfinder": {
-        "substructure": dict(epochs=12, batch_size=64, lr=3e-3, weight_decay=5e-4, scheduler="onecycle",
+        "substructure": dict(epochs=12, batch_size=64, optimizer="adam", lr=3e-3, weight_decay=5e-4, scheduler="onecycle",
                              normalization="asinh", augment=True, tta=True, class_weights="none", sampling="shuffle"),
         # Balanced batches, not class weights: with 1 lens in 17 images, weighted loss learned far slower
-        # (validation AUC 0.77 vs 0.93 after the same 800 steps; benchmarks/README-quality.md).
-        "lensfinding": dict(epochs=30, batch_size=64, lr=3e-3, weight_decay=5e-4, scheduler="onecycle",
+        # (validation AUC 0.77 vs 0.93 after the same 800 steps; benchmarks/results/recipe_probe/).
+        # AdamW (decoupled decay), as in that probe.
+        "lensfinding": dict(epochs=10, batch_size=64, optimizer="adamw", lr=3e-3, weight_decay=5e-4, scheduler="onecycle",
                             normalization="asinh", augment=True, tta=True, class_weights="none", sampling="balanced"),
     },
 }
 SCHEDULERS = ("plateau", "onecycle", "cosine")
+OPTIMIZERS = ("adam", "adamw")
 CLASS_WEIGHTS = ("none", "balanced")
 SAMPLINGS = ("shuffle", "balanced")
 
@@ -47,8 +49,9 @@ class TrainConfig:
     recipe: str | None = None  # "report" or "lensfinder"; None: "report" for report-* models, else "lensfinder"
     epochs: int | None = None  # recipe: 25 (substructure) / 20 (lensfinding) for the report
     batch_size: int | None = None  # recipe: 64
-    lr: float | None = None  # Adam learning rate; report 1e-3 (peak rate for onecycle)
-    weight_decay: float | None = None  # Adam (L2) weight decay; report 1e-4
+    optimizer: str | None = None  # adam (report: weight decay as an L2 term) | adamw (decoupled weight decay)
+    lr: float | None = None  # learning rate; report 1e-3 (peak rate for onecycle)
+    weight_decay: float | None = None  # report 1e-4
     scheduler: str | None = None  # plateau (report: factor 0.5, patience 3 on val loss) | onecycle | cosine
     normalization: str | None = None  # channel (report) | minmax | asinh | log | none
     augment: bool | None = None  # random D4 symmetry per training image
@@ -91,6 +94,8 @@ class TrainConfig:
     def _check(self) -> None:
         from .data.normalize import KINDS
 
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"unknown optimizer {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
         if self.scheduler not in SCHEDULERS:
             raise InputError(f"unknown scheduler {self.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
         if self.normalization not in KINDS:

@@ -17,7 +17,7 @@ from ..models import create_model
 class LensModule(L.LightningModule):
     def __init__(self, *, task: str, model_name: str, in_channels: int, num_classes: int, image_size: int,
                  class_names: list[str], normalization: dict, class_weights: list[float] | None,
-                 lr: float, weight_decay: float, scheduler: str, augment: bool, tta: bool,
+                 lr: float, weight_decay: float, scheduler: str, optimizer: str = "adam", augment: bool, tta: bool,
                  preset: str | None = None, model_kwargs: dict | None = None, calibration: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
@@ -82,7 +82,8 @@ class LensModule(L.LightningModule):
             self.log("val/auc", float(auc), prog_bar=True, sync_dist=False)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        kind = torch.optim.AdamW if self.hparams.optimizer == "adamw" else torch.optim.Adam
+        optimizer = kind(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.scheduler == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=3)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"}}

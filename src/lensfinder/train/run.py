@@ -136,7 +136,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
         task=config.task, model_name=config.model, in_channels=channels, num_classes=len(train_listing.class_names),
         image_size=height, class_names=train_listing.class_names, normalization=normalization,
         class_weights=_class_weights(train_listing, config.class_weights), lr=config.lr,
-        weight_decay=config.weight_decay, scheduler=config.scheduler, augment=config.augment, tta=config.tta,
+        weight_decay=config.weight_decay, optimizer=config.optimizer or "adam", scheduler=config.scheduler, augment=config.augment, tta=config.tta,
         preset=_data_preset(Path(config.data)),
     )
     trainer = get_trainer(run_dir, max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
