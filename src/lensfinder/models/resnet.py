@@ -62,11 +62,11 @@ class ResNet(nn.Module):
         return self.head(self.forward_features(x))
 
 
-@register_model("resnet-s", "Small ResNet: stem/2, widths 16-32-64-128, one block each (~0.4 M parameters)")
+@register_model("resnet-s", "Small ResNet: stem/2, widths 16-32-64-128, one block each (~0.31 M parameters)")
 def resnet_s(in_channels: int, num_classes: int, image_size: int = 64) -> ResNet:
     return ResNet(in_channels, num_classes, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1), stem_width=16)
 
 
-@register_model("resnet-m", "Medium ResNet: stem/2, widths 24-48-96-192, two blocks each (~1.9 M parameters)")
+@register_model("resnet-m", "Medium ResNet: stem/2, widths 24-48-96-192, two blocks each (~1.6 M parameters)")
 def resnet_m(in_channels: int, num_classes: int, image_size: int = 64) -> ResNet:
     return ResNet(in_channels, num_classes, widths=(24, 48, 96, 192), blocks=(2, 2, 2, 2), stem_width=24)
