@@ -65,6 +65,7 @@ def shift_prevalence(probs: torch.Tensor, calibration: dict, prevalence: float) 
 def validation_log_probs(module, images: np.ndarray, *, batch_size: int = 256) -> torch.Tensor:
     """Uncalibrated log-probabilities (with the module's TTA setting) for an (N, C, H, W) array."""
     module.eval()
-    chunks = [module.predict_proba(torch.from_numpy(np.asarray(images[i : i + batch_size], dtype=np.float32)), calibrated=False)
+    # np.array copies each batch out of the read-only memory-mapped pack (torch wants writable memory).
+    chunks = [module.predict_proba(torch.from_numpy(np.array(images[i : i + batch_size], dtype=np.float32)), calibrated=False)
               for i in range(0, len(images), batch_size)]
     return torch.log(torch.cat(chunks).clamp_min(1e-12))
