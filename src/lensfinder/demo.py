@@ -19,13 +19,13 @@ from .train.run import train
 # Data sizes and epoch budgets per scale (per class for substructure; per folder for lens finding).
 SCALES = {
     "small": {
-        "substructure": {"preset": "deeplense-model-iii", "counts": {"train": 300, "val": 100, "test": 200},
+        "substructure": {"preset": "deeplense-model-iii", "counts": {"train": 600, "val": 100, "test": 200},
                          "epochs": {"baseline": 5, "default": 10}},
         # Lenses are over-represented in the small training set (1:3) so a few minutes of training learn them;
         # the test set keeps a survey-like imbalance (1:50).
-        "lensfinding": {"preset": "lsst-gri", "counts": {"train_lenses": 600, "train_nonlenses": 1800,
+        "lensfinding": {"preset": "lsst-gri", "counts": {"train_lenses": 1200, "train_nonlenses": 3600,
                                                          "test_lenses": 60, "test_nonlenses": 3000},
-                        "epochs": {"baseline": 4, "default": 8}},
+                        "epochs": {"baseline": 3, "default": 10}},
     },
     "full": {
         "substructure": {"preset": "deeplense-model-iii", "counts": {"train": 10000, "val": 2500, "test": 2500},

@@ -22,7 +22,8 @@ from .report import write_report
 
 # Einstein-radius and arc-S/N bins for the lens-finding breakdown (arcsec; S/N of the lensed light, best band).
 THETA_E_BINS = (0.5, 0.8, 1.2, 1.8, 2.5)
-ARC_SNR_BINS = (0.0, 5.0, 10.0, 20.0, 50.0, np.inf)
+# S/N is summed over the arc, so lsst-gri lenses (sources i = 21-25.5) span ~20 to a few thousand.
+ARC_SNR_BINS = (0.0, 50.0, 100.0, 200.0, 500.0, 1000.0, np.inf)
 SURVEY_PREVALENCE = 1e-3  # about one lens per thousand cutouts in a real survey
 
 
