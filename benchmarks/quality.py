@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import RESULTS_DIR, write_result  # noqa: E402
@@ -263,8 +264,6 @@ def shipped_run(task: str, data: Path, runs: Path) -> Path:
     module = load_model(weights)
     config = TrainConfig(task=task, data=str(data), out=str(run_dir), model=module.hparams.model_name,
                          recipe="lensfinder", tta=module.hparams.tta, progress=False).resolved()
-    import yaml
-
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return run_dir
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Iterator
 
 import numpy as np
 
@@ -141,9 +143,21 @@ def write_split_record(path: Path, val: Listing, *, seed: int, val_fraction: flo
     write_text_atomic(path, json.dumps(payload, indent=1))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+@contextmanager
+def atomic_write(path: Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """Write through a temporary sibling that replaces `path` only once the block completes: a reader (or a
+    resumed run) sees the old file or the whole new one, never a torn one. The pid keeps parallel writers apart."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode, **open_kwargs) as handle:
+            yield handle
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_write(path) as handle:
+        handle.write(text)

@@ -12,7 +12,7 @@ import torch
 
 from .. import metrics as M
 from ..data.cache import open_packed, pack
-from ..data.layouts import discover, train_val_listings, write_text_atomic
+from ..data.layouts import atomic_write, discover, train_val_listings, write_text_atomic
 from ..train.calibrate import shift_prevalence
 from ..train.run import Run, load_model
 from ..validation import InputError, check_channels
@@ -149,10 +149,8 @@ def _breakdown(data: Path, listing, scores: np.ndarray) -> dict:
 
 
 def _write_predictions(path: Path, listing, probs: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_write(path, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", *[f"p_{c}" for c in listing.class_names]])
         for p, y, row in zip(listing.paths, listing.labels, probs):
             writer.writerow([Path(os.path.relpath(p, listing.root)).as_posix(), listing.class_names[y], *[f"{v:.6g}" for v in row]])
-    os.replace(tmp, path)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.layouts import atomic_write
 from ..train.module import LensModule
 from ..train.run import load_model
 from ..validation import InputError, as_chw, check_channels, load_npy
@@ -152,12 +152,9 @@ def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, t
     class_names = list(module.hparams.class_names)
     key = probs[:, 1] if len(class_names) == 2 else probs.max(1)
     order = np.argsort(-key, kind="stable")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_write(out, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["rank", "path", *[f"p_{c}" for c in class_names], "predicted"])
         for rank, i in enumerate(order, start=1):
             writer.writerow([rank, objects[i][0], *[f"{v:.6g}" for v in probs[i]], class_names[int(probs[i].argmax())]])
-    os.replace(tmp, out)
     return out

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._registry import register_model
+from .resnet import residual_stages
 
 GROUP_ORDER = 8
 
@@ -133,12 +134,7 @@ class D4ResNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(LiftConv(in_channels, stem_fields, 4, stride=2, padding=1), GroupBatchNorm(stem_fields),
                                   nn.ReLU(inplace=True))
-        stages, channels = [], stem_fields
-        for i, (width, depth) in enumerate(zip(fields, blocks)):
-            for j in range(depth):
-                stages.append(GroupBlock(channels, width, stride=2 if (j == 0 and i > 0) else 1))
-                channels = width
-        self.stages = nn.Sequential(*stages)
+        self.stages, channels = residual_stages(GroupBlock, stem_fields, fields, blocks)
         self.num_features = channels
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
         for block in self.stages:

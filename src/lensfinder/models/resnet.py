@@ -7,6 +7,8 @@ thousands of 3 x 64 x 64 cutouts per second.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -33,17 +35,23 @@ class BasicBlock(nn.Module):
         return self.act(out + self.shortcut(x))
 
 
+def residual_stages(block: Callable[[int, int, int], nn.Module], in_width: int, widths: tuple[int, ...],
+                    blocks: tuple[int, ...]) -> tuple[nn.Sequential, int]:
+    """`blocks[i]` blocks of width `widths[i]` per stage; every stage after the first starts by halving the image."""
+    stages, width = [], in_width
+    for i, (out_width, depth) in enumerate(zip(widths, blocks)):
+        for j in range(depth):
+            stages.append(block(width, out_width, 2 if (j == 0 and i > 0) else 1))
+            width = out_width
+    return nn.Sequential(*stages), width
+
+
 class ResNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, ...], blocks: tuple[int, ...],
                  stem_width: int, dropout: float = 0.1):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 5, 2, 2, bias=False), nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
-        stages, channels = [], stem_width
-        for i, (width, depth) in enumerate(zip(widths, blocks)):
-            for j in range(depth):
-                stages.append(BasicBlock(channels, width, stride=2 if (j == 0 and i > 0) else 1))
-                channels = width
-        self.stages = nn.Sequential(*stages)
+        self.stages, channels = residual_stages(BasicBlock, stem_width, widths, blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = channels
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))

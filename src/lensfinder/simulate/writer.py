@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..data.layouts import atomic_write, write_text_atomic
 from . import population as pop
 from .engine import LensfindingSimulator, SubstructureSimulator
 from .presets import load_preset
@@ -62,17 +63,9 @@ def _check_batch(batch_size) -> int:
 
 # ----------------------------------------------------------------------------- file helpers
 def save_npy_atomic(path: Path, array, *, allow_pickle: bool = False) -> None:
-    """np.save to a temp file in the same folder, then os.replace: a file exists only if complete."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    """np.save through atomic_write: a file exists only if complete."""
+    with atomic_write(path, "wb") as f:
         np.save(f, array, allow_pickle=allow_pickle)
-    os.replace(tmp, path)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _versions() -> dict:
@@ -134,7 +127,7 @@ class _Journal:
         for obj_id in wanted_ids:
             row = {k: ("" if v is None else v) for k, v in self.rows[obj_id].items()}
             writer.writerow(row)
-        _write_text_atomic(self.out_dir / "manifest.csv", buf.getvalue())
+        write_text_atomic(self.out_dir / "manifest.csv", buf.getvalue())
         self.path.unlink(missing_ok=True)
 
 
@@ -192,7 +185,7 @@ def _run(out_dir: Path, jobs: list[dict], *, columns, config, batch_size, chunk,
                 journal.append(rows)
                 bar.advance(task, len(batch))
     journal.finish([j["id"] for j in jobs])
-    _write_text_atomic(out_dir / "simulation.yaml", yaml.safe_dump(
+    write_text_atomic(out_dir / "simulation.yaml", yaml.safe_dump(
         dict(config, versions=_versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S")), sort_keys=False))
     return out_dir
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
+from ..data.layouts import atomic_write
+
 HISTORY_COLUMNS = ("epoch", "lr", "train/loss", "train/acc", "val/loss", "val/acc", "val/auc")
 
 
@@ -26,12 +28,10 @@ class HistoryCSV(Callback):
             value = metrics.get(f"{key}_epoch", metrics.get(key))
             row[key] = f"{float(value):.6g}" if value is not None else ""
         rows = [r for r in read_history(self.path) if int(r["epoch"]) < row["epoch"]] + [row]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", newline="") as handle:
+        with atomic_write(self.path, newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
 
 def read_history(path: Path) -> list[dict]:
