@@ -1,18 +1,24 @@
 """Simulation speed: lensfinder (batched, caustics) vs lenstronomy (one image at a time, as its users
 run it), measured in the same run. Prints a table and writes benchmarks/results/simulate.json.
 
-    python benchmarks/simulate.py [--quick] [--threads 1] [--device cpu]
+    python benchmarks/simulate.py [--quick] [--threads 1] [--workers N] [--device cpu]
 
 Both sides do the same work per image: sample parameters, render the noiseless image (same
-profiles, PSF, no supersampling) and add noise; file writing is excluded. torch uses ``--threads``
-CPU threads (default 1, like lenstronomy's numpy, and the fair choice on a shared 2-core machine).
+profiles, PSF, no supersampling) and add noise; file writing is excluded. lensfinder is timed
+twice: one process with ``--threads`` torch threads (default 1, like lenstronomy's numpy: the
+like-for-like column), and ``--workers`` such processes (default one per core, as
+``lensfinder simulate --workers`` runs on this machine). lenstronomy runs one image at a time in
+one process, as its users run it.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -40,55 +46,99 @@ def _rate(fn, n_items: int, min_seconds: float) -> float:
             return done / elapsed
 
 
-def bench_substructure(preset, cls, batch, seconds, device):
-    sim = SubstructureSimulator(preset, device=device)
-    counter = iter(range(10**9))
+class Ours:
+    """lensfinder's work for `repeat` batches of `batch` images from object `start` on: sample,
+    render batched, add noise. Picklable, so worker processes can run it (each builds its simulator
+    once); `repeat` makes a worker's task long enough that handing it over costs nothing."""
 
-    def ours():
-        start = next(counter) * batch
-        rngs = [pop.object_rngs(0, "substructure", "train", 0, i) for i in range(start, start + batch)]
-        params = [pop.sample_substructure(r[0], cls, sim.preset, distances_mpc=sim.distances_mpc) for r in rngs]
+    def __init__(self, preset: str, cls: str, batch: int, device: str, repeat: int = 1):
+        self.preset, self.cls, self.batch, self.device, self.repeat = preset, cls, batch, device, repeat
+        self._sim = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_sim": None}
+
+    def __call__(self, start: int) -> int:
+        for k in range(self.repeat):
+            self._one_batch(start + k * self.batch)
+        return self.batch * self.repeat
+
+    def _one_batch(self, start: int) -> None:
+        lens_finding = self.preset == "lsst-gri"
+        if self._sim is None:
+            self._sim = (LensfindingSimulator if lens_finding else SubstructureSimulator)(self.preset, device=self.device)
+        sim, index = self._sim, range(start, start + self.batch)
+        if lens_finding:
+            is_lens = self.cls == "lens"
+            rngs = [pop.object_rngs(0, "lensfinding", "train", int(is_lens), i) for i in index]
+            params = [pop.sample_lensfinding(r[0], is_lens, sim.preset) for r in rngs]
+            lensfinding_rows(sim, params, sim.render(params), [r[1] for r in rngs])
+            return
+        rngs = [pop.object_rngs(0, "substructure", "train", 0, i) for i in index]
+        params = [pop.sample_substructure(r[0], self.cls, sim.preset, distances_mpc=sim.distances_mpc) for r in rngs]
         images = sim.render(params)[:, 0].cpu().numpy().astype(np.float64)
         if sim.preset["noise"]["default"]:
             images = [sim.add_noise(im, p, r[1]) for im, p, r in zip(images, params, rngs)]
-        return images
-
-    def theirs():
-        rng, noise_rng = pop.object_rngs(1, "substructure", "train", 0, next(counter))
-        p = pop.sample_substructure(rng, cls, sim.preset, distances_mpc=sim.distances_mpc)
-        image = reference.render_substructure(sim, p)
-        if not sim.preset["noise"]["default"]:
-            return image
-        if sim.preset["noise"]["kind"] == "deeplense-poisson":  # DeepLenseSim's own numpy noise recipe
-            return reference.deeplense_noise(image, p["exposure_s"], sim.preset["noise"]["background_rms"], noise_rng)
-        return sim.add_noise(image, p, noise_rng)
-
-    return _rate(ours, batch, seconds), _rate(theirs, 1, seconds)
 
 
-def bench_lensfinding(preset, is_lens, batch, seconds, device):
-    sim = LensfindingSimulator(preset, device=device)
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def rate_ours(ours: Ours, seconds: float, workers: int, threads: int) -> float:
+    """Images/s of `ours`, in this process or spread over `workers` processes (as `lensfinder
+    simulate --workers` does), each with `threads` torch threads."""
+    counter = iter(range(0, 10**12, ours.batch * ours.repeat))
+    if workers == 1:
+        return _rate(lambda: ours(next(counter)), ours.batch * ours.repeat, seconds)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+        list(pool.map(ours, [next(counter) for _ in range(2 * workers)]))  # start-up and warm-up in every process
+        done, start = 0, time.perf_counter()
+        pending = {pool.submit(ours, next(counter)) for _ in range(2 * workers)}
+        while True:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            done += sum(f.result() for f in finished)
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                return done / elapsed
+            pending |= {pool.submit(ours, next(counter)) for _ in finished}
+
+
+def rate_lenstronomy(preset: str, cls: str, seconds: float, device: str) -> float:
+    """One image at a time, as lenstronomy's users run it: same sampling, lenstronomy rendering,
+    the same noise recipe."""
     counter = iter(range(10**9))
+    if preset == "lsst-gri":
+        sim, is_lens = LensfindingSimulator(preset, device=device), cls == "lens"
 
-    def ours():
-        start = next(counter) * batch
-        rngs = [pop.object_rngs(0, "lensfinding", "train", int(is_lens), i) for i in range(start, start + batch)]
-        params = [pop.sample_lensfinding(r[0], is_lens, sim.preset) for r in rngs]
-        return lensfinding_rows(sim, params, sim.render(params), [r[1] for r in rngs])
+        def theirs():  # the lenstronomy-expressible part (SIE+shear, Sersic source, clumps; Sersic light), 3 bands
+            rng, noise_rng = pop.object_rngs(1, "lensfinding", "train", int(is_lens), next(counter))
+            p = pop.sample_lensfinding(rng, is_lens, sim.preset)
+            model = np.stack([reference.render_lens(sim, p, band) for band in range(3)])
+            return sim.add_noise(model, noise_rng)
+    else:
+        sim = SubstructureSimulator(preset, device=device)
 
-    def theirs():  # the lenstronomy-expressible part (SIE+shear, Sersic source, clumps; Sersic light), 3 bands
-        rng, noise_rng = pop.object_rngs(1, "lensfinding", "train", int(is_lens), next(counter))
-        p = pop.sample_lensfinding(rng, is_lens, sim.preset)
-        model = np.stack([reference.render_lens(sim, p, band) for band in range(3)])
-        return sim.add_noise(model, noise_rng)
+        def theirs():
+            rng, noise_rng = pop.object_rngs(1, "substructure", "train", 0, next(counter))
+            p = pop.sample_substructure(rng, cls, sim.preset, distances_mpc=sim.distances_mpc)
+            image = reference.render_substructure(sim, p)
+            if not sim.preset["noise"]["default"]:
+                return image
+            if sim.preset["noise"]["kind"] == "deeplense-poisson":  # DeepLenseSim's own numpy noise recipe
+                return reference.deeplense_noise(image, p["exposure_s"], sim.preset["noise"]["background_rms"], noise_rng)
+            return sim.add_noise(image, p, noise_rng)
 
-    return _rate(ours, batch, seconds), _rate(theirs, 1, seconds)
+    return _rate(theirs, 1, seconds)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short timings (smoke test)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per lensfinder process")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="lensfinder processes for the machine-wide column (default: one per core)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", default="", help="run only cases whose 'preset/class' contains this")
     args = parser.parse_args()
@@ -99,18 +149,20 @@ def main() -> None:
     cases += [("deeplense-model-iii", c) for c in pop.SUBSTRUCTURE_CLASSES]
     cases += [("lsst-gri", c) for c in pop.LENSFINDING_CLASSES]
     cases = [(p, c) for p, c in cases if args.only in f"{p}/{c}"]
+    print(f"{'preset':22s} {'class':7s} {'lensfinder 1 proc':>18s} {f'{args.workers} procs':>10s} "
+          f"{'lenstronomy':>12s} {'ratio 1':>8s} {f'ratio {args.workers}':>8s}   (img/s)")
     for preset, cls in cases:
-        if preset == "lsst-gri":
-            ours, theirs = bench_lensfinding(preset, cls == "lens", 32, seconds, args.device)
-        else:
-            batch = 8 if preset == "deeplense-model-i" else 32
-            ours, theirs = bench_substructure(preset, cls, batch, seconds, args.device)
-        rows.append({"preset": preset, "class": cls, "lensfinder_img_s": ours, "lenstronomy_img_s": theirs,
-                     "ratio": ours / theirs})
-        print(f"{preset:22s} {cls:7s} lensfinder {ours:9.1f} img/s  lenstronomy {theirs:7.1f} img/s  "
-              f"ratio {ours / theirs:6.1f}x", flush=True)
-    path = write_result("simulate", {"quick": args.quick, "threads": args.threads, "device": args.device,
-                                     "seconds_per_case": seconds, "rows": rows})
+        batch = 32 if preset == "lsst-gri" else 8 if preset == "deeplense-model-i" else 32
+        one = rate_ours(Ours(preset, cls, batch, args.device), seconds, 1, args.threads)
+        many = (rate_ours(Ours(preset, cls, batch, args.device, repeat=8), seconds, args.workers, args.threads)
+                if args.workers > 1 else one)
+        theirs = rate_lenstronomy(preset, cls, seconds, args.device)
+        rows.append({"preset": preset, "class": cls, "lensfinder_img_s": one, "lensfinder_workers_img_s": many,
+                     "lenstronomy_img_s": theirs, "ratio": one / theirs, "ratio_workers": many / theirs})
+        print(f"{preset:22s} {cls:7s} {one:18.1f} {many:10.1f} {theirs:12.1f} {one / theirs:7.1f}x "
+              f"{many / theirs:7.1f}x", flush=True)
+    path = write_result("simulate", {"quick": args.quick, "threads": args.threads, "workers": args.workers,
+                                     "device": args.device, "seconds_per_case": seconds, "rows": rows})
     print(f"wrote {path}")
 
 

@@ -169,7 +169,7 @@ def test_flux_per_pixel_is_surface_brightness_times_pixel_area():
 
 
 # ----------------------------------------------------------------------------- noise
-@pytest.mark.parametrize("lam", [0.5, 4.6, 9.9, 37.3, 63.99, 64.0, 400.0])
+@pytest.mark.parametrize("lam", [0.02, 0.5, 4.6, 9.9, 37.3, 63.99, 64.0, 400.0])
 def test_poisson_sampler_is_exact(lam):
     """Both branches of the compiled sampler (tables below 64, PTRS above) against the pmf."""
     import numba

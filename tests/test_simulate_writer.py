@@ -137,6 +137,8 @@ def test_bad_arguments_give_clear_errors(tmp_path):
         simulate_lensfinding(tmp_path, preset="deeplense-model-i", counts=LF_COUNTS)
     with pytest.raises(ValueError, match="distances"):
         simulate_substructure(tmp_path, preset="deeplense-model-i", counts={"train": 1}, distances="comoving")
+    with pytest.raises(ValueError, match="workers: expected a positive integer"):
+        simulate_lensfinding(tmp_path, counts=LF_COUNTS, workers=0)
 
 
 def test_lensfinding_layout_counts_and_manifest(tmp_path):
@@ -149,6 +151,10 @@ def test_lensfinding_layout_counts_and_manifest(tmp_path):
         img = np.load(files[0])
         assert img.dtype == np.float32 and img.shape == (3, 64, 64)
     assert _bytes(root) == _bytes(tmp_path / "b")
+    # two worker processes share the batches out: the same files and the same manifest
+    simulate_lensfinding(tmp_path / "c", counts=LF_COUNTS, seed=2, batch_size=2, progress=False, workers=2)
+    assert _bytes(root) == _bytes(tmp_path / "c")
+    assert (root / "manifest.csv").read_text() == (tmp_path / "c" / "manifest.csv").read_text()
     m = _manifest(root / "manifest.csv")
     for col in ("id", "path", "split", "label", "seed", "theta_e_arcsec", "source_mag_i", "magnification", "arc_snr",
                 "deflector_mag_i", "deflector_type", "confuser_kind", "n_neighbours", "n_stars", "shear_gamma"):

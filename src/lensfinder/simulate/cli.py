@@ -8,6 +8,7 @@ import typer
 
 from .writer import PUBLISHED_LENSFINDING_COUNTS, simulate_lensfinding, simulate_substructure
 
+WORKERS_HELP = "CPU processes rendering in parallel, e.g. the number of cores; the files do not depend on it"
 app = typer.Typer(help="Simulate data sets in the published on-disk formats.", no_args_is_help=True)
 
 
@@ -33,11 +34,12 @@ def substructure(
     distances: str = typer.Option(None, help="luminosity (published) or angular (physical); default: preset's"),
     noise: bool = typer.Option(None, "--noise/--no-noise", help="default: the preset's (published) choice"),
     axion_pickle: bool = typer.Option(False, help="write vort files as the published pickled [image, m_a]"),
+    workers: int = typer.Option(1, help=WORKERS_HELP),
 ) -> None:
     """Task 1: DeepLense substructure classes no / sphere / vort."""
     _call(simulate_substructure, out_dir=out, preset=preset, counts={"train": train, "val": val, "test": test},
           seed=seed, batch_size=batch_size, device=device, distances=distances, noise=noise,
-          axion_pickle=axion_pickle)
+          axion_pickle=axion_pickle, workers=workers)
 
 
 @app.command()
@@ -51,9 +53,10 @@ def lensfinding(
     test_nonlenses: int = typer.Option(PUBLISHED_LENSFINDING_COUNTS["test_nonlenses"]),
     batch_size: int = typer.Option(256),
     device: str = typer.Option("cpu"),
+    workers: int = typer.Option(1, help=WORKERS_HELP),
 ) -> None:
     """Task 2: 3-band (g, r, i) lens / non-lens cutouts in nanomaggies; defaults: published counts."""
     counts = {"train_lenses": train_lenses, "train_nonlenses": train_nonlenses, "test_lenses": test_lenses,
               "test_nonlenses": test_nonlenses}
     _call(simulate_lensfinding, out_dir=out, preset=preset, counts=counts, seed=seed, batch_size=batch_size,
-          device=device)
+          device=device, workers=workers)

@@ -7,8 +7,10 @@ import csv
 import io
 import json
 import math
+import multiprocessing
 import os
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +57,10 @@ def _check_counts(counts, allowed) -> dict[str, int]:
     return out
 
 
-def _check_batch(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, found {batch_size!r}")
-    return int(batch_size)
+def _check_positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, found {value!r}")
+    return int(value)
 
 
 # ----------------------------------------------------------------------------- file helpers
@@ -162,8 +164,41 @@ def _chunks(items: list, size: int):
         yield items[i:i + size]
 
 
+def _render_chunks(render_batch, batch: list[dict], chunk: int) -> list[dict]:
+    rows = []
+    for sub in _chunks(batch, chunk):
+        rows += render_batch(sub)
+    return rows
+
+
+def _worker_init() -> None:
+    import torch
+    torch.set_num_threads(1)  # the processes share the cores; one thread each avoids oversubscription
+
+
+def _rendered(render_batch, batches: list[list[dict]], chunk: int, workers: int):
+    """Rows of each batch, as batches finish: in this process, or spread over `workers` processes
+    (spawned, not forked: a forked torch can deadlock). Every object has its own seeds, so which
+    process renders it changes nothing in its file."""
+    if workers == 1:
+        for batch in batches:
+            yield _render_chunks(render_batch, batch, chunk)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+        pending: set = set()
+        for batch in batches:
+            pending.add(pool.submit(_render_chunks, render_batch, batch, chunk))
+            if len(pending) >= 2 * workers:  # bounded queue: memory stays flat, the journal keeps up
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield future.result()
+        for future in pending:
+            yield future.result()
+
+
 def _run(out_dir: Path, jobs: list[dict], *, columns, config, batch_size, chunk, progress, render_batch,
-         description) -> Path:
+         description, workers: int = 1) -> Path:
     """Shared driver: jobs are dicts with id, rel (path), group (objects of one group batch together)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_config(out_dir, {k: config[k] for k in ("task", "preset", "seed", "options")})
@@ -171,40 +206,89 @@ def _run(out_dir: Path, jobs: list[dict], *, columns, config, batch_size, chunk,
     todo = [j for j in jobs if not journal.done(j["id"], j["rel"])]
     for folder in {str(Path(j["rel"]).parent) for j in jobs}:
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    groups: dict = {}
+    for j in todo:
+        groups.setdefault(j["group"], []).append(j)
+    batches = [batch for group_jobs in groups.values() for batch in _chunks(group_jobs, batch_size)]
     bar, desc, total = _progress(progress, len(todo), description)
     with bar:
         task = bar.add_task(desc, total=total)
-        groups: dict = {}
-        for j in todo:
-            groups.setdefault(j["group"], []).append(j)
-        for group_jobs in groups.values():
-            for batch in _chunks(group_jobs, batch_size):
-                rows = []
-                for sub in _chunks(batch, chunk):
-                    rows += render_batch(sub)
-                journal.append(rows)
-                bar.advance(task, len(batch))
+        for rows in _rendered(render_batch, batches, chunk, min(workers, max(1, len(batches)))):
+            journal.append(rows)
+            bar.advance(task, len(rows))
     journal.finish([j["id"] for j in jobs])
     write_text_atomic(out_dir / "simulation.yaml", yaml.safe_dump(
         dict(config, versions=_versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S")), sort_keys=False))
     return out_dir
 
 
+class _Renderer:
+    """Renders and writes one batch of objects and returns their manifest rows. Picklable, so that
+    worker processes can run it: each process builds its own simulator on first use."""
+
+    def __init__(self, **settings):
+        self.__dict__.update(settings)
+        self._sim = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_sim": None}
+
+    @property
+    def sim(self):
+        if self._sim is None:
+            self._sim = self._build()
+        return self._sim
+
+
 # ----------------------------------------------------------------------------- task 1
+class _SubstructureRenderer(_Renderer):
+    def _build(self) -> SubstructureSimulator:
+        return SubstructureSimulator(self.cfg, distances=self.distances, device=self.device)
+
+    def __call__(self, batch: list[dict]) -> list[dict]:
+        sim, seed, out_dir = self.sim, self.seed, self.out_dir
+        rngs = [pop.object_rngs(seed, "substructure", j["split"], j["ci"], j["index"]) for j in batch]
+        params = [pop.sample_substructure(r[0], j["cls"], self.cfg, distances_mpc=sim.distances_mpc)
+                  for r, j in zip(rngs, batch)]
+        images = sim.render(params)[:, 0].cpu().numpy()
+        scale = self.cfg["output_scale"] if not self.noise else 1.0
+        rows = []
+        for j, p, (_, noise_rng), img in zip(batch, params, rngs, images):
+            img = img.astype(np.float64)
+            img = sim.add_noise(img, p, noise_rng) if self.noise else img * scale
+            img = img.astype(np.float32)
+            if self.axion_pickle and j["cls"] == "vort":
+                obj = np.empty(2, dtype=object)
+                obj[0], obj[1] = img, float(p["axion_mass_ev"])
+                save_npy_atomic(out_dir / j["rel"], obj, allow_pickle=True)
+            else:
+                save_npy_atomic(out_dir / j["rel"], img[None])
+            row = {"id": j["id"], "path": j["rel"], "split": j["split"], "label": j["cls"], "index": j["index"],
+                   "seed": seed, "preset": self.preset, "distances": sim.distances, "noise": self.noise,
+                   "theta_e_arcsec": sim.theta_e_arcsec}
+            row.update({c: p[c] for c in SUBSTRUCTURE_COLUMNS if c in p})
+            rows.append(row)
+        return rows
+
+
 def simulate_substructure(out_dir, *, preset: str, counts: dict[str, int], seed: int = 0, batch_size: int = 256,
                           device: str = "cpu", distances: str | None = None, noise: bool | None = None,
-                          progress: bool = True, axion_pickle: bool = False) -> Path:
+                          progress: bool = True, axion_pickle: bool = False, workers: int = 1) -> Path:
     """Simulate a Task-1 set: ``out_dir/<split>/<class>/<id>.npy`` float32 (1, H, W), with
     ``counts`` images per class for each split (train / val / test), plus manifest.csv and
-    simulation.yaml. ``axion_pickle`` writes vort files as the published pickled ``[image, m_a]``."""
+    simulation.yaml. ``axion_pickle`` writes vort files as the published pickled ``[image, m_a]``.
+    ``workers`` > 1 renders batches in that many processes (CPU); the files are the same."""
     cfg = load_preset(preset, task="substructure")
     counts = _check_counts(counts, SUBSTRUCTURE_SPLITS)
-    batch_size = _check_batch(batch_size)
+    batch_size = _check_positive("batch_size", batch_size)
+    workers = _check_positive("workers", workers)
     if distances not in (None, "luminosity", "angular"):
         raise ValueError(f"distances: expected 'luminosity' or 'angular', found {distances!r}")
-    sim = SubstructureSimulator(cfg, distances=distances, device=device)
     use_noise = cfg["noise"]["default"] if noise is None else bool(noise)
     out_dir = Path(out_dir)
+    render = _SubstructureRenderer(cfg=cfg, preset=preset, seed=seed, device=device, distances=distances,
+                                   noise=use_noise, axion_pickle=axion_pickle, out_dir=out_dir)
+    sim = render.sim
     jobs = []
     for split, n in counts.items():
         for ci, cls in enumerate(pop.SUBSTRUCTURE_CLASSES):
@@ -212,50 +296,44 @@ def simulate_substructure(out_dir, *, preset: str, counts: dict[str, int], seed:
                 obj_id = f"{split}_{cls}_{i:06d}"
                 jobs.append({"id": obj_id, "rel": f"{split}/{cls}/{obj_id}.npy", "split": split, "cls": cls,
                              "ci": ci, "index": i, "group": (split, cls)})
-    scale = cfg["output_scale"] if not use_noise else 1.0
-
-    def render_batch(batch):
-        rngs = [pop.object_rngs(seed, "substructure", j["split"], j["ci"], j["index"]) for j in batch]
-        params = [pop.sample_substructure(r[0], j["cls"], cfg, distances_mpc=sim.distances_mpc)
-                  for r, j in zip(rngs, batch)]
-        images = sim.render(params)[:, 0].cpu().numpy()
-        rows = []
-        for j, p, (_, noise_rng), img in zip(batch, params, rngs, images):
-            img = img.astype(np.float64)
-            img = sim.add_noise(img, p, noise_rng) if use_noise else img * scale
-            img = img.astype(np.float32)
-            if axion_pickle and j["cls"] == "vort":
-                obj = np.empty(2, dtype=object)
-                obj[0], obj[1] = img, float(p["axion_mass_ev"])
-                save_npy_atomic(out_dir / j["rel"], obj, allow_pickle=True)
-            else:
-                save_npy_atomic(out_dir / j["rel"], img[None])
-            row = {"id": j["id"], "path": j["rel"], "split": j["split"], "label": j["cls"], "index": j["index"],
-                   "seed": seed, "preset": preset, "distances": sim.distances, "noise": use_noise,
-                   "theta_e_arcsec": sim.theta_e_arcsec}
-            row.update({c: p[c] for c in SUBSTRUCTURE_COLUMNS if c in p})
-            rows.append(row)
-        return rows
-
     chunk = batch_size if sim.device.type != "cpu" else max(1, _CPU_CHUNK_PIXELS // sim.num_pix**2)
     config = {"task": "substructure", "preset": preset, "seed": seed,
               "options": {"distances": sim.distances, "noise": use_noise, "axion_pickle": axion_pickle},
               "counts_per_class": counts, "classes": list(pop.SUBSTRUCTURE_CLASSES)}
     return _run(out_dir, jobs, columns=SUBSTRUCTURE_COLUMNS, config=config, batch_size=batch_size, chunk=chunk,
-                progress=progress, render_batch=render_batch, description=f"simulate {preset}")
+                progress=progress, render_batch=render, description=f"simulate {preset}",
+                workers=workers if sim.device.type == "cpu" else 1)
 
 
 # ----------------------------------------------------------------------------- task 2
+class _LensfindingRenderer(_Renderer):
+    def _build(self) -> LensfindingSimulator:
+        return LensfindingSimulator(self.cfg, device=self.device)
+
+    def __call__(self, batch: list[dict]) -> list[dict]:
+        sim = self.sim
+        rngs = [pop.object_rngs(self.seed, "lensfinding", j["split"], pop.LENSFINDING_CLASSES.index(j["label"]),
+                                j["index"]) for j in batch]
+        params = [pop.sample_lensfinding(r[0], j["label"] == "lens", sim.preset) for r, j in zip(rngs, batch)]
+        images, rows = lensfinding_rows(sim, params, sim.render(params), [r[1] for r in rngs])
+        for j, img in zip(batch, images):
+            save_npy_atomic(self.out_dir / j["rel"], img)
+        return [dict(row, path=j["rel"], split=j["split"], folder=j["folder"], index=j["index"], seed=self.seed,
+                     preset=self.preset, id=j["id"]) for j, row in zip(batch, rows)]
+
+
 def simulate_lensfinding(out_dir, *, preset: str = "lsst-gri", counts: dict[str, int] | None = None, seed: int = 0,
-                         batch_size: int = 256, device: str = "cpu", progress: bool = True) -> Path:
+                         batch_size: int = 256, device: str = "cpu", progress: bool = True, workers: int = 1) -> Path:
     """Simulate a Task-2 set: ``out_dir/{train,test}_{lenses,nonlenses}/<id>.npy`` float32 (3, 64, 64)
     in nanomaggies (g, r, i), plus manifest.csv and simulation.yaml. ``counts=None`` gives the
-    published counts (1730 / 28675 / 195 / 19455)."""
+    published counts (1730 / 28675 / 195 / 19455). ``workers`` as for `simulate_substructure`."""
     cfg = load_preset(preset, task="lensfinding")
     counts = _check_counts(dict(PUBLISHED_LENSFINDING_COUNTS) if counts is None else counts, LENSFINDING_FOLDERS)
-    batch_size = _check_batch(batch_size)
-    sim = LensfindingSimulator(cfg, device=device)
+    batch_size = _check_positive("batch_size", batch_size)
+    workers = _check_positive("workers", workers)
     out_dir = Path(out_dir)
+    render = _LensfindingRenderer(cfg=cfg, preset=preset, seed=seed, device=device, out_dir=out_dir)
+    sim = render.sim
     jobs = []
     for folder, n in counts.items():
         split, label = LENSFINDING_FOLDERS[folder]
@@ -263,17 +341,12 @@ def simulate_lensfinding(out_dir, *, preset: str = "lsst-gri", counts: dict[str,
             obj_id = f"{folder}_{i:06d}"
             jobs.append({"id": obj_id, "rel": f"{folder}/{obj_id}.npy", "split": split, "label": label,
                          "folder": folder, "index": i, "group": folder})
-
-    def render_batch(batch):
-        return [dict(row, path=j["rel"], split=j["split"], folder=j["folder"], index=j["index"], seed=seed,
-                     preset=preset, id=j["id"])
-                for j, row in zip(batch, _render_lensfinding(sim, batch, seed, out_dir))]
-
     chunk = batch_size if sim.device.type != "cpu" else 32
     config = {"task": "lensfinding", "preset": preset, "seed": seed, "options": {},
               "counts": counts, "bands": list(sim.band_names), "units": "nanomaggies (AB zero point 22.5)"}
     return _run(out_dir, jobs, columns=LENSFINDING_COLUMNS, config=config, batch_size=batch_size, chunk=chunk,
-                progress=progress, render_batch=render_batch, description=f"simulate {preset}")
+                progress=progress, render_batch=render, description=f"simulate {preset}",
+                workers=workers if sim.device.type == "cpu" else 1)
 
 
 def lensfinding_rows(sim: LensfindingSimulator, params: list[dict], out: dict, noise_rngs) -> tuple[list, list]:
@@ -293,13 +366,3 @@ def lensfinding_rows(sim: LensfindingSimulator, params: list[dict], out: dict, n
                    shear_gamma=float(np.hypot(p["shear_gamma1"], p["shear_gamma2"])))
         rows.append(row)
     return list(images), rows
-
-
-def _render_lensfinding(sim, batch, seed, out_dir):
-    rngs = [pop.object_rngs(seed, "lensfinding", j["split"], pop.LENSFINDING_CLASSES.index(j["label"]), j["index"])
-            for j in batch]
-    params = [pop.sample_lensfinding(r[0], j["label"] == "lens", sim.preset) for r, j in zip(rngs, batch)]
-    images, rows = lensfinding_rows(sim, params, sim.render(params), [r[1] for r in rngs])
-    for j, img in zip(batch, images):
-        save_npy_atomic(out_dir / j["rel"], img)
-    return rows
