@@ -170,6 +170,25 @@ def test_channel_stats_and_normalisers():
         Normalizer("zscore")
 
 
+def test_asinh_stretch_scales_by_the_noise_not_by_a_bright_star():
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    sky = torch.randn(1, 1, 64, 64, generator=gen) * 0.01
+    sky[0, 0, 30:32, 20:44] += 0.05  # a faint arc at 5 sigma
+    with_star = sky.clone()
+    with_star[0, 0, 5, 5] += 30.0  # a bright star far from the arc
+    observed = Normalizer("asinh", peak_floor=1e-6)
+    torch.testing.assert_close(observed(with_star)[..., 30:32, 20:44], observed(sky)[..., 30:32, 20:44])
+    # the noise-free floor (1e-3 of the peak) would let the star set the scale and flatten the arc
+    noise_free = Normalizer("asinh", peak_floor=1e-3)
+    assert float(noise_free(with_star)[..., 30:32, 20:44].mean()) < 0.6 * float(noise_free(sky)[..., 30:32, 20:44].mean())
+    assert Normalizer.from_state(observed.state()).peak_floor == 1e-6
+    assert Normalizer.from_state({"kind": "asinh"}).peak_floor == 1e-3  # states saved before the setting
+    with pytest.raises(ValueError, match="peak_floor"):
+        Normalizer("asinh", peak_floor=1.5)
+
+
 def test_d4_group():
     import torch
 

@@ -218,3 +218,13 @@ def test_calibration_keeps_ranking_and_prior_shift(tmp_path, lensfinding_root):
     rare = list(csv.DictReader(open(predict_catalog([lensfinding_root / "test_lenses"], tmp_path / "b.csv", run=run.path, prevalence=1e-3))))
     assert [r["path"] for r in raw] == [r["path"] for r in rare]
     assert all(float(b["p_lens"]) <= float(a["p_lens"]) + 1e-9 for a, b in zip(raw, rare))
+
+
+def test_recipes_set_the_asinh_peak_floor_and_bad_values_are_refused():
+    from lensfinder.config import TrainConfig
+
+    lens = TrainConfig(task="lensfinding", data="d", out="o").resolved()
+    assert lens.normalization == "asinh" and lens.peak_floor == 1e-6  # observed cutouts: scale by the noise
+    assert TrainConfig(task="substructure", data="d", out="o").resolved().peak_floor == 1e-3  # noise-free sims
+    with pytest.raises(InputError, match="peak_floor"):
+        TrainConfig(task="lensfinding", data="d", out="o", peak_floor=2.0).resolved()

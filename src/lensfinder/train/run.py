@@ -126,7 +126,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
         write_split_record(run_dir / "split.json", val_listing, seed=config.seed, val_fraction=config.val_fraction)
     if ckpt_path is None:  # written only once the data passed its checks, so a refused run leaves no run behind
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    normalization = {"kind": config.normalization, "mean": None, "std": None, "softening": 1.0}
+    normalization = {"kind": config.normalization, "mean": None, "std": None, "softening": 1.0,
+                     "peak_floor": config.peak_floor}
     if config.normalization == "channel":
         mean, std = channel_stats(train_images)  # training split only, as in the report
         normalization.update(mean=mean.tolist(), std=std.tolist())
