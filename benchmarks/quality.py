@@ -8,6 +8,8 @@ Data (held-out test splits are simulated with the same seed as their training sp
     lensfinder simulate substructure --preset deeplense-model-iii --train 6000 --val 1000 --test 2500 --out data/model-iii
     lensfinder simulate substructure --preset deeplense-model-i --train 2000 --val 300 --test 500 --seed 11 --out data/model-i
     lensfinder simulate lensfinding --preset lsst-gri --out data/lsst-gri          # the published counts
+    lensfinder simulate lensfinding --preset lsst-gri --train-lenses 20000 --train-nonlenses 60000 --workers 2 --out data/lsst-gri-80k
+(data/lsst-gri-80k's test split is the published-count test split, object for object: same seeds, same files.)
 Runs go to runs/quality/<task>/<entry>; a run that already holds model.safetensors and train_time.json
 is reused, so training jobs can be started separately (in parallel) and the table collected afterwards.
 Wall times are measured on the machine the run trained on, and say how many jobs shared its cores.
@@ -43,7 +45,7 @@ from lensfinder.train.run import Run, load_model, train  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 # Simulated data sets by preset (see the module docstring for the commands that make them).
 DATASETS = {"deeplense-model-iii": ROOT / "data" / "model-iii", "deeplense-model-i": ROOT / "data" / "model-i",
-            "lsst-gri": ROOT / "data" / "lsst-gri"}
+            "lsst-gri": ROOT / "data" / "lsst-gri", "lsst-gri-80k": ROOT / "data" / "lsst-gri-80k"}
 MAIN_PRESET = {"substructure": "deeplense-model-iii", "lensfinding": "lsst-gri"}
 
 
@@ -56,6 +58,7 @@ class Entry:
     recipe: str
     epochs: int | None = None  # None: the recipe's epochs
     preset: str = ""  # simulated data set; "": the task's main preset
+    train_set: str = ""  # a DATASETS key to train on instead (tested on the preset's test split)
     overrides: tuple[tuple[str, object], ...] = ()
 
     @property
@@ -64,7 +67,8 @@ class Entry:
 
     @property
     def name(self) -> str:
-        return self.model if self.dataset == MAIN_PRESET[self.task] else f"{self.model}-{self.dataset}"
+        name = self.model if self.dataset == MAIN_PRESET[self.task] else f"{self.model}-{self.dataset}"
+        return f"{name}-{self.train_set}" if self.train_set else name
 
     @property
     def key(self) -> str:
@@ -82,6 +86,7 @@ ENTRIES = (
     Entry("substructure", "report-cnn4", "report", epochs=2),
     Entry("substructure", "resnet-s", "lensfinder", epochs=4, preset="deeplense-model-i"),
     Entry("lensfinding", "resnet-s", "lensfinder"),
+    Entry("lensfinding", "resnet-s", "lensfinder", train_set="lsst-gri-80k"),  # the shipped model
     Entry("lensfinding", "report-cnn3", "report", epochs=1),
 )
 
@@ -313,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             if not args.no_train:
                 print(f"training {entry.key} ({entry.recipe} recipe, {entry.epochs or entry.recipe_epochs} epochs)", flush=True)
-                train_entry(entry, data[entry.dataset], args.runs, concurrent_jobs=args.concurrent_jobs)
+                train_entry(entry, data[entry.train_set or entry.dataset], args.runs, concurrent_jobs=args.concurrent_jobs)
             if not args.train_only:
                 rows.append(score_run(run_dir, data[entry.dataset], entry, reuse=not args.re_evaluate))
     if args.train_only:
@@ -322,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.speed_threads)
     speeds = []
     for task in tasks:
-        module = load_model(shipped_weights(task)) if args.evaluate_only else _default_module(task, args.runs)
+        module = load_model(shipped_weights(task)) if args.evaluate_only else _default_module(task, rows)
         if module is None:
             continue
         h = module.hparams
@@ -333,7 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     for task in tasks:
         task_rows = [r for r in rows if r["task"] == task]
         if task_rows:
-            plot_rocs(task, task_rows, RESULTS_DIR / f"roc_{task}{'_shipped' if args.evaluate_only else ''}.png")
+            suffix = "_shipped" if args.evaluate_only else "" if args.name == "quality" else f"_{args.name}"
+            plot_rocs(task, task_rows, RESULTS_DIR / f"roc_{task}{suffix}.png")
     text = table(rows)
     print(text)
     print()
@@ -349,9 +355,12 @@ def main(argv: list[str] | None = None) -> None:
         write_markdown(args.markdown, rows, speeds)
 
 
-def _default_module(task: str, runs: Path):
-    run_dir = runs / task / DEFAULT_MODELS[task]
-    return load_model(run_dir) if (run_dir / "model.safetensors").is_file() else None
+def _default_module(task: str, rows: list[dict]):
+    """The task's default model as trained by the first table entry that uses it."""
+    for row in rows:
+        if row["task"] == task and row["model"] == DEFAULT_MODELS[task]:
+            return load_model(ROOT / row["run"])
+    return None
 
 
 def write_markdown(path: Path, rows: list[dict], speeds: list[dict]) -> None:

@@ -27,7 +27,9 @@ def test_shipped_weights_are_small_safe_and_describe_themselves(task):
     with safe_open(str(path), framework="pt") as handle:
         hparams = json.loads(handle.metadata()["hparams"])
     assert hparams["model_name"] == DEFAULT_MODELS[task]
-    assert hparams["preset"] == PRESETS[task] and hparams["normalization"]["kind"]
+    assert hparams["preset"] == PRESETS[task] and hparams["normalization"]["kind"] == "asinh"
+    # observed lens-finding cutouts are scaled by their noise; noise-free substructure images need the floor
+    assert hparams["normalization"].get("peak_floor", 1e-3) == (1e-6 if task == "lensfinding" else 1e-3)
     module = load_model(path)
     assert list(module.hparams.class_names) == (["no", "sphere", "vort"] if task == "substructure" else ["nonlens", "lens"])
 

@@ -34,7 +34,7 @@ RECIPES: dict[str, dict[str, dict]] = {
         # (validation AUC 0.77 vs 0.93 after the same 800 steps; benchmarks/results/recipe_probe/).
         # AdamW (decoupled decay), as in that probe. Peak floor 1e-6: the asinh stretch scales by the noise,
         # not by a bright star's peak (at 1e-3, 40 % of test lenses had their arcs flattened and scored lower).
-        "lensfinding": dict(epochs=10, batch_size=64, optimizer="adamw", lr=3e-3, weight_decay=5e-4, scheduler="onecycle",
+        "lensfinding": dict(epochs=22, batch_size=64, optimizer="adamw", lr=3e-3, weight_decay=5e-4, scheduler="onecycle",
                             normalization="asinh", augment=True, tta=True, class_weights="none", sampling="balanced",
                             peak_floor=1e-6),
     },
