@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from .data.normalize import NOISE_FREE_PEAK_FLOOR
 from .validation import InputError
 
 # The default model of each task (the best measured one; see benchmarks/quality.py).
@@ -21,15 +22,15 @@ RECIPES: dict[str, dict[str, dict]] = {
     "report": {
         "substructure": dict(epochs=25, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=1e-4, scheduler="plateau",
                              normalization="channel", augment=False, tta=False, class_weights="none", sampling="shuffle",
-                             peak_floor=1e-3),
+                             peak_floor=NOISE_FREE_PEAK_FLOOR),
         "lensfinding": dict(epochs=20, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=1e-4, scheduler="plateau",
                             normalization="channel", augment=False, tta=False, class_weights="balanced", sampling="shuffle",
-                            peak_floor=1e-3),
+                            peak_floor=NOISE_FREE_PEAK_FLOOR),
     },
     "lensfinder": {
         "substructure": dict(epochs=12, batch_size=64, optimizer="adam", lr=3e-3, weight_decay=5e-4, scheduler="onecycle",
                              normalization="asinh", augment=True, tta=True, class_weights="none", sampling="shuffle",
-                             peak_floor=1e-3),
+                             peak_floor=NOISE_FREE_PEAK_FLOOR),
         # Balanced batches, not class weights: with 1 lens in 17 images, weighted loss learned far slower
         # (validation AUC 0.77 vs 0.93 after the same 800 steps; benchmarks/results/recipe_probe/).
         # AdamW (decoupled decay), as in that probe. Peak floor 1e-6: the asinh stretch scales by the noise,

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 KINDS = ("channel", "minmax", "asinh", "log", "none")
+NOISE_FREE_PEAK_FLOOR = 1e-3  # asinh / log default, and what states saved before the setting used
 
 
 def channel_stats(images: np.ndarray, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +50,7 @@ def _robust_sigma(x: torch.Tensor, peak_floor: float) -> torch.Tensor:
 
 class Normalizer(nn.Module):
     def __init__(self, kind: str = "channel", mean: list[float] | None = None, std: list[float] | None = None, softening: float = 1.0,
-                 peak_floor: float = 1e-3):
+                 peak_floor: float = NOISE_FREE_PEAK_FLOOR):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown normalisation {kind!r}; expected one of {', '.join(KINDS)}")
@@ -75,8 +76,8 @@ class Normalizer(nn.Module):
 
     @classmethod
     def from_state(cls, state: dict) -> "Normalizer":
-        # States saved before the floor was a setting used 1e-3.
-        return cls(state["kind"], state.get("mean"), state.get("std"), state.get("softening", 1.0), state.get("peak_floor", 1e-3))
+        return cls(state["kind"], state.get("mean"), state.get("std"), state.get("softening", 1.0),
+                   state.get("peak_floor", NOISE_FREE_PEAK_FLOOR))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "channel":
