@@ -6,19 +6,18 @@ run it), measured in the same run. Prints a table and writes benchmarks/results/
 Both sides do the same work per image: sample parameters, render the noiseless image (same
 profiles, PSF, no supersampling) and add noise; file writing is excluded. lensfinder is timed
 twice: one process with ``--threads`` torch threads (default 1, like lenstronomy's numpy: the
-like-for-like column), and ``--workers`` such processes (default one per core, as
-``lensfinder simulate --workers`` runs on this machine). lenstronomy runs one image at a time in
+like-for-like column), and through the process pool of ``lensfinder simulate --workers``, with
+``--workers`` processes of one torch thread each (default one per core). lenstronomy runs one image at a time in
 one process, as its users run it.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import itertools
 import os
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from _env import write_result  # noqa: E402
 from lensfinder.simulate import population as pop  # noqa: E402
 from lensfinder.simulate import reference  # noqa: E402
 from lensfinder.simulate.engine import LensfindingSimulator, SubstructureSimulator  # noqa: E402
-from lensfinder.simulate.writer import lensfinding_rows  # noqa: E402
+from lensfinder.simulate import writer  # noqa: E402
 
 
 def _rate(fn, n_items: int, min_seconds: float) -> float:
@@ -47,62 +46,56 @@ def _rate(fn, n_items: int, min_seconds: float) -> float:
 
 
 class Ours:
-    """lensfinder's work for `repeat` batches of `batch` images from object `start` on: sample,
-    render batched, add noise. Picklable, so worker processes can run it (each builds its simulator
-    once); `repeat` makes a worker's task long enough that handing it over costs nothing."""
+    """lensfinder's work for one batch of objects (their indices): sample, render batched, add noise;
+    returns the indices, as the writer's renderers return manifest rows. Picklable, so the writer's
+    worker pool can run it (each worker builds its simulator once)."""
 
-    def __init__(self, preset: str, cls: str, batch: int, device: str, repeat: int = 1):
-        self.preset, self.cls, self.batch, self.device, self.repeat = preset, cls, batch, device, repeat
+    def __init__(self, preset: str, cls: str, device: str):
+        self.preset, self.cls, self.device = preset, cls, device
         self._sim = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_sim": None}
 
-    def __call__(self, start: int) -> int:
-        for k in range(self.repeat):
-            self._one_batch(start + k * self.batch)
-        return self.batch * self.repeat
-
-    def _one_batch(self, start: int) -> None:
+    def __call__(self, index: list[int]) -> list[int]:
         lens_finding = self.preset == "lsst-gri"
         if self._sim is None:
             self._sim = (LensfindingSimulator if lens_finding else SubstructureSimulator)(self.preset, device=self.device)
-        sim, index = self._sim, range(start, start + self.batch)
+        sim = self._sim
         if lens_finding:
             is_lens = self.cls == "lens"
             rngs = [pop.object_rngs(0, "lensfinding", "train", int(is_lens), i) for i in index]
             params = [pop.sample_lensfinding(r[0], is_lens, sim.preset) for r in rngs]
-            lensfinding_rows(sim, params, sim.render(params), [r[1] for r in rngs])
-            return
+            writer.lensfinding_rows(sim, params, sim.render(params), [r[1] for r in rngs])
+            return index
         rngs = [pop.object_rngs(0, "substructure", "train", 0, i) for i in index]
         params = [pop.sample_substructure(r[0], self.cls, sim.preset, distances_mpc=sim.distances_mpc) for r in rngs]
         images = sim.render(params)[:, 0].cpu().numpy().astype(np.float64)
         if sim.preset["noise"]["default"]:
             images = [sim.add_noise(im, p, r[1]) for im, p, r in zip(images, params, rngs)]
+        return index
 
 
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def rate_ours(ours: Ours, seconds: float, workers: int, threads: int) -> float:
-    """Images/s of `ours`, in this process or spread over `workers` processes (as `lensfinder
-    simulate --workers` does), each with `threads` torch threads."""
-    counter = iter(range(0, 10**12, ours.batch * ours.repeat))
+def rate_ours(ours: Ours, batch: int, seconds: float, workers: int) -> float:
+    """Images/s of `ours` on batches of `batch` objects: in this process, or through the writer's
+    pool of `workers` processes (one torch thread each), as `lensfinder simulate --workers` runs,
+    handed 8 batches per task."""
+    starts = itertools.count(0, batch)
     if workers == 1:
-        return _rate(lambda: ours(next(counter)), ours.batch * ours.repeat, seconds)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
-        list(pool.map(ours, [next(counter) for _ in range(2 * workers)]))  # start-up and warm-up in every process
-        done, start = 0, time.perf_counter()
-        pending = {pool.submit(ours, next(counter)) for _ in range(2 * workers)}
-        while True:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            done += sum(f.result() for f in finished)
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                return done / elapsed
-            pending |= {pool.submit(ours, next(counter)) for _ in finished}
+        return _rate(lambda: ours(list(range(start := next(starts), start + batch))), batch, seconds)
+    per_task = 8 * batch
+    tasks = (list(range(start, start + per_task)) for start in itertools.count(0, per_task))
+    results = writer._rendered(ours, tasks, batch, workers)
+    for _ in range(2 * workers):  # start-up and warm-up in every process
+        next(results)
+    done, start = 0, time.perf_counter()
+    for rows in results:
+        done += len(rows)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            results.close()  # leaves the pool: its last tasks finish outside the timed window
+            return done / elapsed
+    raise AssertionError("the batch stream is endless")
 
 
 def rate_lenstronomy(preset: str, cls: str, seconds: float, device: str) -> float:
@@ -153,9 +146,8 @@ def main() -> None:
           f"{'lenstronomy':>12s} {'ratio 1':>8s} {f'ratio {args.workers}':>8s}   (img/s)")
     for preset, cls in cases:
         batch = 32 if preset == "lsst-gri" else 8 if preset == "deeplense-model-i" else 32
-        one = rate_ours(Ours(preset, cls, batch, args.device), seconds, 1, args.threads)
-        many = (rate_ours(Ours(preset, cls, batch, args.device, repeat=8), seconds, args.workers, args.threads)
-                if args.workers > 1 else one)
+        one = rate_ours(Ours(preset, cls, args.device), batch, seconds, 1)
+        many = rate_ours(Ours(preset, cls, args.device), batch, seconds, args.workers) if args.workers > 1 else one
         theirs = rate_lenstronomy(preset, cls, seconds, args.device)
         rows.append({"preset": preset, "class": cls, "lensfinder_img_s": one, "lensfinder_workers_img_s": many,
                      "lenstronomy_img_s": theirs, "ratio": one / theirs, "ratio_workers": many / theirs})

@@ -169,7 +169,27 @@ def test_flux_per_pixel_is_surface_brightness_times_pixel_area():
 
 
 # ----------------------------------------------------------------------------- noise
-@pytest.mark.parametrize("lam", [0.02, 0.5, 4.6, 9.9, 37.3, 63.99, 64.0, 400.0])
+def test_ziggurat_normal_is_exact_in_the_body_the_wedges_and_the_tail():
+    """The noise kernel's own normal sampler against N(0, 1): 200 equiprobable bins (a wrong layer
+    or wedge shows up as a bin off by far more than its Poisson error) and the tail beyond r."""
+    import numba
+
+    from lensfinder.simulate import kernels
+
+    @numba.njit
+    def draws(n, state):
+        return np.array([kernels._normal(state) for _ in range(n)])
+
+    x = draws(2_000_000, kernels.seed_state(np.random.default_rng(5)))
+    observed = np.bincount(np.searchsorted(stats.norm.ppf(np.arange(1, 200) / 200), x), minlength=200)
+    assert stats.chisquare(observed).pvalue > 1e-3
+    tail = np.abs(x)[np.abs(x) > kernels._ZIG_R]
+    assert stats.binomtest(tail.size, x.size, 2 * stats.norm.sf(kernels._ZIG_R)).pvalue > 1e-3
+    assert stats.kstest(tail, stats.truncnorm(kernels._ZIG_R, np.inf).cdf).pvalue > 1e-3
+    assert (x > 0).mean() == pytest.approx(0.5, abs=2e-3)
+
+
+@pytest.mark.parametrize("lam", [0.02, 0.124, 0.5, 4.6, 9.9, 37.3, 63.99, 64.0, 400.0])
 def test_poisson_sampler_is_exact(lam):
     """Both branches of the compiled sampler (tables below 64, PTRS above) against the pmf."""
     import numba
@@ -177,12 +197,13 @@ def test_poisson_sampler_is_exact(lam):
     from lensfinder.simulate import kernels
 
     @numba.njit
-    def draws(lam, n, rng):
-        return np.array([kernels._poisson(lam, rng) for _ in range(n)])
+    def draws(lam, n, state):
+        return np.array([kernels._poisson(lam, state) for _ in range(n)])
 
     n = 200_000
     top = int(stats.poisson.ppf(0.9999, lam))
-    observed = np.bincount(np.minimum(draws(lam, n, np.random.default_rng(3)), top), minlength=top + 1)
+    state = kernels.seed_state(np.random.default_rng(3))
+    observed = np.bincount(np.minimum(draws(lam, n, state), top), minlength=top + 1)
     expected = np.append(stats.poisson.pmf(np.arange(top), lam), stats.poisson.sf(top - 1, lam)) * n
     assert stats.chisquare(observed, expected).pvalue > 1e-3
 

@@ -202,7 +202,7 @@ class SubstructureSimulator(_Base):
             # sum is drawn as one Gaussian of the summed variance (the same distribution)
             out = np.empty(image.shape)
             kernels.deeplense_counts(np.ascontiguousarray(image, dtype=np.float64).reshape(-1), float(t),
-                                     float(noise["background_rms"]), rng, out.reshape(-1))
+                                     float(noise["background_rms"]), kernels.seed_state(rng), out.reshape(-1))
             return out
         bkg = physics.background_sigma_cps(
             read_noise_e=noise["read_noise_e"], exposure_time_s=noise["exposure_time_s"],

@@ -171,24 +171,33 @@ def _render_chunks(render_batch, batch: list[dict], chunk: int) -> list[dict]:
     return rows
 
 
-def _worker_init() -> None:
+_worker_renderer = None  # this worker process's render callable: sent once, so its simulator is built once
+
+
+def _worker_init(render_batch) -> None:
+    global _worker_renderer
     import torch
     torch.set_num_threads(1)  # the processes share the cores; one thread each avoids oversubscription
+    _worker_renderer = render_batch
 
 
-def _rendered(render_batch, batches: list[list[dict]], chunk: int, workers: int):
-    """Rows of each batch, as batches finish: in this process, or spread over `workers` processes
-    (spawned, not forked: a forked torch can deadlock). Every object has its own seeds, so which
-    process renders it changes nothing in its file."""
+def _render_chunks_in_worker(batch: list[dict], chunk: int) -> list[dict]:
+    return _render_chunks(_worker_renderer, batch, chunk)
+
+
+def _rendered(render_batch, batches, chunk: int, workers: int):
+    """Rows of each batch (an iterable of lists), as batches finish: in this process, or spread over
+    `workers` processes (spawned, not forked: a forked torch can deadlock), each given render_batch
+    once. Every object has its own seeds, so which process renders it changes nothing in its file."""
     if workers == 1:
         for batch in batches:
             yield _render_chunks(render_batch, batch, chunk)
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(render_batch,)) as pool:
         pending: set = set()
         for batch in batches:
-            pending.add(pool.submit(_render_chunks, render_batch, batch, chunk))
+            pending.add(pool.submit(_render_chunks_in_worker, batch, chunk))
             if len(pending) >= 2 * workers:  # bounded queue: memory stays flat, the journal keeps up
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
@@ -224,7 +233,8 @@ def _run(out_dir: Path, jobs: list[dict], *, columns, config, batch_size, chunk,
 
 class _Renderer:
     """Renders and writes one batch of objects and returns their manifest rows. Picklable, so that
-    worker processes can run it: each process builds its own simulator on first use."""
+    worker processes can run it: each process builds its own simulator on first use (the simulator
+    itself is not pickled)."""
 
     def __init__(self, **settings):
         self.__dict__.update(settings)
