@@ -5,7 +5,7 @@ import pytest
 
 from conftest import make_lensfinding_layout, make_substructure_layout
 from lensfinder.data.cache import open_packed, pack
-from lensfinder.data.layouts import discover, stratified_split, train_val_listings, write_split_record
+from lensfinder.data.layouts import atomic_path, discover, stratified_split, train_val_listings, write_split_record
 from lensfinder.data.normalize import Normalizer, channel_stats
 from lensfinder.data.transforms import d4_transform, random_d4
 from lensfinder.validation import InputError, as_chw, load_npy
@@ -212,3 +212,26 @@ def test_balanced_sampler_draws_classes_equally_and_reproducibly():
     assert 0.4 < lens_share < 0.6  # shuffling would give 0.056
     assert np.array_equal(draws, np.array(list(balanced_sampler(labels, seed=3))))
     assert not np.array_equal(draws, np.array(list(balanced_sampler(labels, seed=4))))
+
+
+def test_atomic_path_replaces_only_a_completed_write_and_keeps_the_suffix(tmp_path):
+    target = tmp_path / "figures" / "roc.png"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        assert tmp.suffix == ".png" and tmp.parent == target.parent  # writers that pick a format by suffix
+        tmp.write_bytes(b"torn")
+        raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in target.parent.iterdir()) == ["roc.png"]
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and sorted(p.name for p in target.parent.iterdir()) == ["roc.png"]
+
+
+def test_an_interrupted_pack_leaves_no_cache_entry(tmp_path):
+    root = make_substructure_layout(tmp_path / "data", per_class={"train": 2})
+    bad = sorted((root / "train" / "sphere").glob("*.npy"))[0]
+    np.save(bad, np.zeros((1, 8, 8), np.float32))  # another shape: packing stops there
+    with pytest.raises(InputError, match=bad.name):
+        pack(discover(root, "substructure")["train"], cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []

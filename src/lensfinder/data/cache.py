@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..validation import InputError, as_chw, load_npy
-from .layouts import Listing
+from .layouts import Listing, atomic_path
 
 
 def default_cache_dir() -> Path:
@@ -41,9 +41,8 @@ def pack(listing: Listing, *, cache_dir: Path | None = None, allow_pickle: bool 
     if target.exists():
         return target
     first = read_image(listing.paths[0], allow_pickle=allow_pickle)
-    tmp = cache_dir / f".{target.name}.{os.getpid()}.tmp"
-    packed = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(listing), *first.shape))
-    try:
+    with atomic_path(target) as tmp:
+        packed = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(listing), *first.shape))
         packed[0] = first
         for i, path in enumerate(listing.paths[1:], start=1):
             image = read_image(path, allow_pickle=allow_pickle)
@@ -55,10 +54,6 @@ def pack(listing: Listing, *, cache_dir: Path | None = None, allow_pickle: bool 
             packed[i] = image
         packed.flush()
         del packed
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return target
 
 

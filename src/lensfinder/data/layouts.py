@@ -144,18 +144,26 @@ def write_split_record(path: Path, val: Listing, *, seed: int, val_fraction: flo
 
 
 @contextmanager
-def atomic_write(path: Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
-    """Write through a temporary sibling that replaces `path` only once the block completes: a reader (or a
-    resumed run) sees the old file or the whole new one, never a torn one. The pid keeps parallel writers apart."""
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling to write instead of `path`, which it replaces only once the block completes: a reader
+    (or a resumed run) sees the old file or the whole new one, never a torn one. For writers that take a path
+    (figures, checkpoints, safetensors, memory maps); it keeps the suffix, which some of them read. The pid keeps
+    parallel writers apart."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        with open(tmp, mode, **open_kwargs) as handle:
-            yield handle
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_write(path: Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """atomic_path for a file written through a handle."""
+    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as handle:
+        yield handle
 
 
 def write_text_atomic(path: Path, text: str) -> None:

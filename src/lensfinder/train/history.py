@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-from ..data.layouts import atomic_write
+from ..data.layouts import atomic_path, atomic_write
 
 HISTORY_COLUMNS = ("epoch", "lr", "train/loss", "train/acc", "val/loss", "val/acc", "val/auc")
 
@@ -72,9 +71,8 @@ def save_figure(fig, path: Path) -> None:
     """Save a matplotlib figure atomically and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)

@@ -17,7 +17,7 @@ from safetensors.torch import safe_open, save_file
 from ..config import TrainConfig
 from ..data.cache import open_packed, pack
 from ..data.datamodule import LensDataModule, PackedDataset, balanced_sampler
-from ..data.layouts import Listing, discover, train_val_listings, write_split_record, write_text_atomic
+from ..data.layouts import Listing, atomic_path, discover, train_val_listings, write_split_record, write_text_atomic
 from ..data.normalize import channel_stats
 from ..validation import InputError
 from .calibrate import fit_calibration, validation_log_probs
@@ -48,12 +48,11 @@ def export_model(module: LensModule, path: Path) -> None:
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     metadata = {"format": MODEL_FORMAT, "hparams": json.dumps(dict(module.hparams))}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates owner-only files; a model is shared like any output
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates owner-only files; a model is shared like any output
 
 
 def load_model(path: Path) -> LensModule:
