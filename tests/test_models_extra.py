@@ -64,3 +64,35 @@ def test_tta_predictions_are_invariant_to_d4_for_any_model():
     for k in range(1, 8):
         torch.testing.assert_close(module.predict_proba(d4_transform(x, k)), reference)
     assert not torch.allclose(module.predict_proba(d4_transform(x, 1), tta=False), module.predict_proba(x, tta=False))
+
+
+@pytest.mark.parametrize("name", ["resnet-s", "resnet-m"])
+def test_folding_batch_norm_keeps_the_outputs_and_needs_eval_mode(name):
+    torch.manual_seed(0)
+    model = create_model(name, 3, 2)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        model.fold_batchnorm()
+    model.train()
+    for _ in range(3):  # running statistics away from their initial 0 / 1
+        model(torch.randn(16, 3, 64, 64) * 3 + 1)
+    model.eval()
+    x = torch.randn(4, 3, 64, 64)
+    reference = model(x)
+    folded = model.fold_batchnorm()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(folded(x), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_for_inference_folds_a_copy_and_leaves_the_trained_module_alone():
+    torch.manual_seed(0)
+    module = LensModule(task="lensfinding", model_name="resnet-s", in_channels=3, num_classes=2, image_size=64,
+                        class_names=["nonlens", "lens"], normalization={"kind": "asinh"}, class_weights=None, lr=1e-3,
+                        weight_decay=0.0, scheduler="onecycle", augment=True, tta=True)
+    module.train()
+    module(torch.rand(8, 3, 64, 64))
+    module.eval()
+    x = torch.rand(5, 3, 64, 64)
+    scoring = module.for_inference()
+    torch.testing.assert_close(scoring.predict_proba(x), module.predict_proba(x), rtol=1e-4, atol=1e-5)
+    assert module.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in scoring.modules())

@@ -31,7 +31,7 @@ def predict_loader(module: LensModule, loader, *, tta: bool | None = None, devic
                    progress: bool = False, prevalence: float | None = None) -> np.ndarray:
     """Class probabilities (N, K) for every batch of a loader yielding image tensors (or (images, extra) pairs)."""
     target = pick_device(device)
-    module = module.to(target).eval()
+    module = module.for_inference().to(target)
     chunks = []
     batches = loader
     if progress:

@@ -30,6 +30,15 @@ class LensModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.normalizer(x))
 
+    def for_inference(self) -> "LensModule":
+        """A copy in eval mode for scoring, with batch norms folded where the model can (ResNets)."""
+        module = LensModule(**self.hparams)  # rebuilt, not deep-copied: that would copy an attached trainer
+        module.load_state_dict(self.state_dict())
+        module.eval()
+        if hasattr(module.model, "fold_batchnorm"):
+            module.model.fold_batchnorm()
+        return module
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor, *, tta: bool | None = None, calibrated: bool = True,
                       prevalence: float | None = None) -> torch.Tensor:
