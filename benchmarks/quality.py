@@ -14,8 +14,8 @@ Runs go to runs/quality/<task>/<entry>; a run that already holds model.safetenso
 is reused, so training jobs can be started separately (in parallel) and the table collected afterwards.
 Wall times are measured on the machine the run trained on, and say how many jobs shared its cores.
 
-Writes benchmarks/results/<name>.json (default "quality"), benchmarks/results/roc_<task>.png and
-benchmarks/README-quality.md (the table and figure links for the README).
+Writes benchmarks/results/<name>.json (default "quality"), the ROC figures benchmarks/results/roc_<task>[_<name>].png
+and benchmarks/results/<name>.md (the tables with links to those figures, for the README).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from _env import RESULTS_DIR, write_result  # noqa: E402
 
 from lensfinder import metrics as M  # noqa: E402
 from lensfinder.config import DEFAULT_MODELS, RECIPES, TrainConfig  # noqa: E402
+from lensfinder.data.layouts import atomic_path, atomic_write  # noqa: E402
 from lensfinder.evaluate.evaluate import evaluate  # noqa: E402
 from lensfinder.evaluate.predict import shipped_weights  # noqa: E402
 from lensfinder.train.run import Run, load_model, train  # noqa: E402
@@ -209,7 +210,8 @@ def plot_rocs(task: str, rows: list[dict], path: Path) -> None:
             ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -289,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrent-jobs", type=int, default=1, help="recorded with the wall time: jobs sharing the CPU")
     parser.add_argument("--speed-threads", type=int, default=2, help="torch threads for the inference-speed measurement")
     parser.add_argument("--name", default="quality", help="results name: benchmarks/results/<name>.json")
-    parser.add_argument("--markdown", type=Path, default=Path(__file__).resolve().parent / "README-quality.md")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="where the Markdown tables go (default: benchmarks/results/<name>.md)")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -336,15 +339,17 @@ def main(argv: list[str] | None = None) -> None:
                        "per_s": inference_speed(module, tta=False), "per_s_tta": inference_speed(module, tta=True, n=1024),
                        "threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0]})
 
+    figures = []
     for task in tasks:
         task_rows = [r for r in rows if r["task"] == task]
         if task_rows:
             suffix = "_shipped" if args.evaluate_only else "" if args.name == "quality" else f"_{args.name}"
-            plot_rocs(task, task_rows, RESULTS_DIR / f"roc_{task}{suffix}.png")
+            figures.append(RESULTS_DIR / f"roc_{task}{suffix}.png")
+            plot_rocs(task, task_rows, figures[-1])
     text = table(rows)
     print(text)
-    print()
-    print(speed_table(speeds))
+    if speeds:
+        print(f"\n{speed_table(speeds)}")
     for row in rows:
         if row["task"] == "lensfinding" and row.get("breakdown"):
             print(f"\n{row['entry']}: lens recall by Einstein radius and arc S/N\n{breakdown_table(row)}")
@@ -352,8 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     path = write_result(args.name, {"rows": clean, "inference": speeds, "evaluate_only": args.evaluate_only,
                                     "data": {preset: str(path) for preset, path in data.items()}})
     print(f"\nresults written to {path}")
-    if args.markdown and not args.evaluate_only:
-        write_markdown(args.markdown, rows, speeds)
+    write_markdown(args.markdown or RESULTS_DIR / f"{args.name}.md", rows, speeds, figures)
 
 
 def _default_module(task: str, rows: list[dict]):
@@ -364,19 +368,21 @@ def _default_module(task: str, rows: list[dict]):
     return None
 
 
-def write_markdown(path: Path, rows: list[dict], speeds: list[dict]) -> None:
+def write_markdown(path: Path, rows: list[dict], speeds: list[dict], figures: list[Path]) -> None:
     parts = ["## Quality on simulated data", "",
              "Held-out simulated test sets (`deeplense-model-iii` 64x64 for substructure, `lsst-gri` at the published "
              "counts, 1:100 at test, for lens finding), produced by `python benchmarks/quality.py` on a 2-core CPU. "
              "\"epochs\" below the recipe's count means the run was shortened to fit the benchmark's time; the report's "
-             "baselines were trained with the report's recipe otherwise unchanged.", "", table(rows), "",
-             "Inference speed on 2 CPU cores (batch 512, normalisation included):", "", speed_table(speeds), ""]
+             "baselines were trained with the report's recipe otherwise unchanged.", "", table(rows), ""]
+    if speeds:
+        parts += ["Inference speed on 2 CPU cores (batch 512, normalisation included, batch norm folded):", "",
+                  speed_table(speeds), ""]
     for row in rows:
         if row["task"] == "lensfinding" and row.get("breakdown"):
             parts += [f"Lens recall of `{row['entry']}` by Einstein radius and arc signal-to-noise:", "", breakdown_table(row)]
-    parts += ["![ROC, substructure](benchmarks/results/roc_substructure.png)",
-              "![ROC, lens finding](benchmarks/results/roc_lensfinding.png)", ""]
-    path.write_text("\n".join(parts))
+    parts += [f"![ROC curves]({figure.resolve().relative_to(ROOT)})" for figure in figures] + [""]
+    with atomic_write(path) as handle:
+        handle.write("\n".join(parts))
 
 
 if __name__ == "__main__":
