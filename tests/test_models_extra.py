@@ -66,7 +66,7 @@ def test_tta_predictions_are_invariant_to_d4_for_any_model():
     assert not torch.allclose(module.predict_proba(d4_transform(x, 1), tta=False), module.predict_proba(x, tta=False))
 
 
-@pytest.mark.parametrize("name", ["resnet-s", "resnet-m"])
+@pytest.mark.parametrize("name", ["resnet-s", "resnet-m", *D4_MODELS])
 def test_folding_batch_norm_keeps_the_outputs_and_needs_eval_mode(name):
     torch.manual_seed(0)
     model = create_model(name, 3, 2)
@@ -79,8 +79,11 @@ def test_folding_batch_norm_keeps_the_outputs_and_needs_eval_mode(name):
     x = torch.randn(4, 3, 64, 64)
     reference = model(x)
     folded = model.fold_batchnorm()
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    assert not any(isinstance(m, (LiftConv, GroupConv)) for m in folded.modules())  # D4: plain convolutions now
     torch.testing.assert_close(folded(x), reference, rtol=1e-4, atol=1e-5)
+    if name in D4_MODELS:  # the plain convolutions keep the exact invariance
+        torch.testing.assert_close(folded(d4_transform(x, 5)), reference, rtol=1e-4, atol=1e-5)
 
 
 def test_for_inference_folds_a_copy_and_leaves_the_trained_module_alone():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ._registry import register_model
 from .resnet import residual_stages
@@ -100,6 +101,20 @@ class GroupBatchNorm(nn.Module):
         return self.bn(x.view(b, c // GROUP_ORDER, GROUP_ORDER, h, w)).view(b, c, h, w)
 
 
+def plain_conv(conv: LiftConv | GroupConv, norm: GroupBatchNorm) -> nn.Conv2d:
+    """The group convolution as the ordinary convolution it expands to, with its batch norm folded in (eval mode):
+    inference then skips rebuilding the 8 filter orientations on every call. Same outputs to float rounding."""
+    weight = conv.full_weight().detach()
+    plain = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[-1], stride=conv.stride, padding=conv.padding,
+                      bias=False).to(weight)
+    plain.weight.data.copy_(weight)
+    # One statistic per field, shared by its 8 orientation channels (field-major order, o * 8 + g).
+    expanded = nn.BatchNorm2d(weight.shape[0], eps=norm.bn.eps).to(weight)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(expanded, name).data.copy_(getattr(norm.bn, name).repeat_interleave(GROUP_ORDER))
+    return fuse_conv_bn_eval(plain.eval(), expanded.eval())
+
+
 class GroupBlock(nn.Module):
     """Residual block of two 3x3 group convolutions; downsampling by a 4x4 stride-2 group convolution."""
 
@@ -115,6 +130,12 @@ class GroupBlock(nn.Module):
         if stride != 1 or in_fields != out_fields:
             self.shortcut = nn.Sequential(GroupConv(in_fields, out_fields, 2 if stride == 2 else 1, stride),
                                           GroupBatchNorm(out_fields))
+
+    def fold_batchnorm(self) -> None:
+        self.conv1, self.bn1 = plain_conv(self.conv1, self.bn1), nn.Identity()
+        self.conv2, self.bn2 = plain_conv(self.conv2, self.bn2), nn.Identity()
+        if isinstance(self.shortcut, nn.Sequential):
+            self.shortcut = plain_conv(*self.shortcut)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(self.conv1(x)))
@@ -139,6 +160,16 @@ class D4ResNet(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
         for block in self.stages:
             nn.init.zeros_(block.bn2.bn.weight)  # each block starts as the identity
+
+    def fold_batchnorm(self) -> "D4ResNet":
+        """For inference only (in eval mode): every group convolution becomes the plain convolution it expands
+        to, with its batch norm folded in; the folded model cannot be trained further."""
+        if self.training:
+            raise RuntimeError("fold_batchnorm needs eval mode: folding uses the running statistics")
+        self.stem = nn.Sequential(plain_conv(self.stem[0], self.stem[1]), self.stem[2])
+        for block in self.stages:
+            block.fold_batchnorm()
+        return self
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 2 or x.shape[-2] % 2:

@@ -31,7 +31,8 @@ class LensModule(L.LightningModule):
         return self.model(self.normalizer(x))
 
     def for_inference(self) -> "LensModule":
-        """A copy in eval mode for scoring, with batch norms folded where the model can (ResNets)."""
+        """A copy in eval mode for scoring, with batch norms folded where the model can (ResNets; D4 models
+        also become plain convolutions)."""
         module = LensModule(**self.hparams)  # rebuilt, not deep-copied: that would copy an attached trainer
         module.load_state_dict(self.state_dict())
         module.eval()
