@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import RESULTS_DIR, write_result  # noqa: E402
@@ -40,7 +39,7 @@ from lensfinder import metrics as M  # noqa: E402
 from lensfinder.config import DEFAULT_MODELS, RECIPES, TrainConfig  # noqa: E402
 from lensfinder.data.layouts import atomic_path, atomic_write  # noqa: E402
 from lensfinder.evaluate.evaluate import evaluate  # noqa: E402
-from lensfinder.evaluate.predict import shipped_weights  # noqa: E402
+from lensfinder.evaluate.predict import shipped_run, shipped_weights  # noqa: E402
 from lensfinder.train.run import Run, load_model, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,19 +262,6 @@ def breakdown_table(row: dict) -> str:
     return "\n".join(lines)
 
 
-def shipped_run(task: str, data: Path, runs: Path) -> Path:
-    """A run folder around the shipped weights, so `evaluate` can score them like any run."""
-    run_dir = runs / "shipped" / task
-    run_dir.mkdir(parents=True, exist_ok=True)
-    weights = shipped_weights(task)
-    (run_dir / "model.safetensors").write_bytes(weights.read_bytes())
-    module = load_model(weights)
-    config = TrainConfig(task=task, data=str(data), out=str(run_dir), model=module.hparams.model_name,
-                         recipe="lensfinder", tta=module.hparams.tta, progress=False).resolved()
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return run_dir
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="substructure,lensfinding", help="comma-separated tasks")
@@ -308,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.evaluate_only:
         for task in tasks:
             main_data = data[MAIN_PRESET[task]]
-            row = score_run(shipped_run(task, main_data, args.runs), main_data, None, reuse=False)
+            row = score_run(shipped_run(task, main_data, args.runs / "shipped" / task), main_data, None, reuse=False)
             row["entry"] = f"shipped ({row['model']})"
             rows.append(row)
     else:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.layouts import atomic_write
+from ..config import TrainConfig
+from ..data.layouts import atomic_path, atomic_write, write_text_atomic
 from ..train.module import LensModule
 from ..train.run import load_model
 from ..validation import InputError, as_chw, check_channels, load_npy
@@ -29,6 +32,20 @@ def shipped_weights(task: str) -> Path:
         raise InputError(f"no shipped weights for task {task!r} in this install (shipped: {', '.join(known) or 'none'}); "
                          "pass --run with a trained run folder")
     return path
+
+
+def shipped_run(task: str, data: Path, run_dir: Path) -> Path:
+    """A run folder around the shipped weights of `task`, so that `evaluate` scores them like any trained run."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    weights = shipped_weights(task)
+    module = load_model(weights)
+    with atomic_path(run_dir / "model.safetensors") as tmp:
+        shutil.copyfile(weights, tmp)
+    config = TrainConfig(task=task, data=str(data), out=str(run_dir), model=module.hparams.model_name,
+                         recipe="lensfinder", tta=module.hparams.tta, progress=False).resolved()
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return run_dir
 
 
 def resolve_model(*, run: Path | None = None, task: str | None = None) -> LensModule:

@@ -94,8 +94,10 @@ def write_comparison(runs: dict[str, Path], out: Path, *, title: str = "lensfind
     for label, run_dir in runs.items():
         rel = os.path.relpath(Path(run_dir) / "figures", out.parent)
         for split in run_summary(run_dir)["metrics"]:
+            history = f'<img src="{rel}/history.png">' if (Path(run_dir) / "figures" / "history.png").is_file() else ""
             parts.append(f"<h3>{html.escape(label)} ({html.escape(split)})</h3>"
-                         f'<img src="{rel}/roc_{split}.png"><img src="{rel}/history.png"><a href="{os.path.relpath(Path(run_dir) / "report.html", out.parent)}">full report</a>')
+                         f'<img src="{rel}/roc_{split}.png">{history}'
+                         f'<a href="{os.path.relpath(Path(run_dir) / "report.html", out.parent)}">full report</a>')
     parts.append("</body></html>")
     write_text_atomic(out, "\n".join(parts))
     return out
