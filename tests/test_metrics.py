@@ -41,6 +41,8 @@ def test_tpr0_and_tpr10_hand_computed():
     assert M.tpr_before_false_positives(labels, scores, 1) == pytest.approx(2 / 6)   # TPR0: 0.99 and 0.8 beat every negative
     assert M.tpr_before_false_positives(labels, scores, 10) == pytest.approx(4 / 6)  # TPR10: strictly above the 10th negative
     assert M.tpr_before_false_positives([1, 0], [0.1, 0.9], 10) == 1.0  # fewer than ten negatives: never reached
+    with pytest.raises(ValueError, match="TPR0 is n_false=1"):
+        M.tpr_before_false_positives(labels, scores, 0)
 
 
 def test_tpr_at_fpr():

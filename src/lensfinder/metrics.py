@@ -72,6 +72,8 @@ def tpr_before_false_positives(labels: np.ndarray, scores: np.ndarray, n_false: 
 
     n_false=1 gives TPR0 (no false positive admitted), n_false=10 gives TPR10 (at most nine).
     """
+    if n_false < 1:  # 0 would silently index the lowest negative and report nearly every positive as found
+        raise ValueError(f"n_false counts false positives from 1 (TPR0 is n_false=1); got {n_false}")
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
     negatives = np.sort(scores[~labels])[::-1]

@@ -1,0 +1,82 @@
+"""Ensemble benchmark: score a lens-finding test split with several trained models, then with the mean of their
+probabilities, and print one table (AUC, AP, TPR0, TPR10, TPR at FPR 1e-3) comparing the members and the ensemble
+on the same objects.
+
+    python benchmarks/ensemble.py --data data/lsst-gri shipped runs/ens/resnet-s-seed1 [--name ensemble_lensfinding]
+
+A member is a run folder (or its model.safetensors) or `shipped` for the weights inside the package. Each member
+scores with its own normalisation and test-time averaging, as `lensfinder evaluate` does; full float precision
+is kept (the predictions CSV rounds to 6 digits, which ties the top lenses). Writes benchmarks/results/<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _env import write_result  # noqa: E402
+
+from lensfinder import metrics as M  # noqa: E402
+from lensfinder.data.cache import open_packed, pack  # noqa: E402
+from lensfinder.data.layouts import discover  # noqa: E402
+from lensfinder.evaluate.inference import predict_array  # noqa: E402
+from lensfinder.evaluate.predict import shipped_weights  # noqa: E402
+from lensfinder.train.run import load_model  # noqa: E402
+from lensfinder.validation import InputError  # noqa: E402
+
+
+def scores(labels: np.ndarray, p_lens: np.ndarray) -> dict:
+    return {"auc": M.roc_auc(labels, p_lens), "ap": M.average_precision(labels, p_lens),
+            "tpr0": M.tpr_before_false_positives(labels, p_lens, 1), "tpr10": M.tpr_before_false_positives(labels, p_lens, 10),
+            "tpr_at_fpr_1e_3": M.tpr_at_fpr(labels, p_lens, 1e-3)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("members", nargs="+", help="run folders, model.safetensors files, or `shipped`")
+    parser.add_argument("--data", type=Path, default=Path("data/lsst-gri"), help="lens-finding data set with a test split")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default="ensemble_lensfinding", help="results name: benchmarks/results/<name>.json")
+    args = parser.parse_args(argv)
+    if len(args.members) < 2:
+        parser.error("an ensemble needs at least two members")
+    torch.set_num_threads(args.threads)
+
+    splits = discover(args.data, "lensfinding")
+    if "test" not in splits:
+        raise InputError(f"{args.data}: no test split (found {', '.join(sorted(splits))})")
+    listing = splits["test"]
+    images = open_packed(pack(listing))
+    labels = (np.asarray(listing.labels) == listing.class_names.index("lens")).astype(int)
+
+    rows, member_probs = [], []
+    for member in args.members:
+        module = load_model(shipped_weights("lensfinding") if member == "shipped" else Path(member))
+        if module.hparams.task != "lensfinding":
+            raise InputError(f"{member}: a {module.hparams.task} model, not a lens finder")
+        start = time.perf_counter()
+        p_lens = predict_array(module, images)[:, list(module.hparams.class_names).index("lens")]
+        member_probs.append(p_lens)
+        rows.append({"member": member, "model": module.hparams.model_name, "tta": bool(module.hparams.tta),
+                     "seconds": time.perf_counter() - start, **scores(labels, p_lens)})
+    rows.append({"member": "mean of " + " + ".join(args.members), "model": "ensemble", "tta": None, "seconds": None,
+                 **scores(labels, np.mean(member_probs, axis=0))})
+
+    print(f"{args.data} test split: {int(labels.sum())} lenses, {int((1 - labels).sum())} non-lenses\n")
+    print("| member | model | AUC | AP | TPR0 | TPR10 | TPR at FPR 1e-3 |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['member']} | {r['model']} | {r['auc']:.4f} | {r['ap']:.4f} | {r['tpr0']:.3f} | {r['tpr10']:.3f} "
+              f"| {r['tpr_at_fpr_1e_3']:.3f} |")
+    path = write_result(args.name, {"data": str(args.data), "n_lenses": int(labels.sum()),
+                                    "n_nonlenses": int((1 - labels).sum()), "rows": rows})
+    print(f"\nresults written to {path}")
+
+
+if __name__ == "__main__":
+    main()
