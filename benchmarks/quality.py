@@ -145,7 +145,8 @@ def score_run(run_dir: Path, data: Path, entry: Entry | None, *, reuse: bool = T
         "scheduler": config.scheduler, "tta": result["tta"],
         "train_seconds": timing.get("seconds"), "train_concurrent_jobs": timing.get("concurrent_jobs"),
         "train_torch_threads": timing.get("torch_threads"),
-        "n_test": result["n"], "accuracy": result["accuracy"], "ece": result["ece"], "run": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir),
+        "n_test": result["n"], "accuracy": result["accuracy"], "ece": result["ece"],
+        "run": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir),
     }
     if len(classes) == 2:
         row.update(auc=result["auc"], ap=result["average_precision"], tpr0=result["tpr0"], tpr10=result["tpr10"],

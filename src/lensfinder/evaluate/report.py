@@ -15,7 +15,8 @@ HEADLINE = (("accuracy", "accuracy"), ("auc", "AUC (macro for 3 classes)"), ("av
             ("tpr0", "TPR0"), ("tpr10", "TPR10"), ("tpr_at_fpr_1e-2", "TPR @ FPR 1e-2"), ("tpr_at_fpr_1e-3", "TPR @ FPR 1e-3"),
             ("ece", "ECE"), ("ece_at_split_prevalence", "ECE at the split's lens fraction"))
 
-STYLE = "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}img{max-width:48%;margin:4px}"
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+         "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}img{max-width:48%;margin:4px}")
 
 
 def _fmt(value) -> str:

@@ -82,7 +82,8 @@ class SubstructureSimulator(_Base):
                      "rein": float(conv.sie_rein_caustics(self.theta_e_arcsec))}
         src = preset["source"]
         sq, sphi = conv.e1e2_to_q_phi(src["e1"], src["e2"])
-        self.source = {"q": float(sq), "cos_phi": float(np.cos(sphi)), "sin_phi": float(np.sin(sphi)), "n": float(src["n_sersic"]), "amp": float(src["amp"]),
+        self.source = {"q": float(sq), "cos_phi": float(np.cos(sphi)), "sin_phi": float(np.sin(sphi)),
+                       "n": float(src["n_sersic"]), "amp": float(src["amp"]),
                        "re": float(conv.sersic_re_caustics(src["r_sersic_arcsec"], sq)),
                        "k": float(conv.sersic_b_n(src["n_sersic"]))}
         self.kernels = self._kernels([preset["psf_fwhm_arcsec"]])

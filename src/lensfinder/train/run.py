@@ -119,7 +119,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
     if height != width:
         raise InputError(f"{config.data}: expected square images, found {height}x{width}")
     if open_packed(val_pack).shape[1:] != train_images.shape[1:]:
-        raise InputError(f"{config.data}: validation images have shape {open_packed(val_pack).shape[1:]}, training images {train_images.shape[1:]}")
+        raise InputError(f"{config.data}: validation images have shape {open_packed(val_pack).shape[1:]}, "
+                         f"training images {train_images.shape[1:]}")
 
     if "val" not in splits:
         write_split_record(run_dir / "split.json", val_listing, seed=config.seed, val_fraction=config.val_fraction)
@@ -136,7 +137,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
         task=config.task, model_name=config.model, in_channels=channels, num_classes=len(train_listing.class_names),
         image_size=height, class_names=train_listing.class_names, normalization=normalization,
         class_weights=_class_weights(train_listing, config.class_weights), lr=config.lr,
-        weight_decay=config.weight_decay, optimizer=config.optimizer or "adam", scheduler=config.scheduler, augment=config.augment, tta=config.tta,
+        weight_decay=config.weight_decay, optimizer=config.optimizer or "adam", scheduler=config.scheduler,
+        augment=config.augment, tta=config.tta,
         preset=_data_preset(Path(config.data)),
     )
     trainer = get_trainer(run_dir, max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
