@@ -4,6 +4,11 @@ on the same objects, with a bootstrap interval for each AUC.
 
     python benchmarks/ensemble.py --data data/lsst-gri shipped runs/ens/resnet-s-seed1 [--name ensemble_lensfinding]
 
+The committed results: the second member is `lensfinder train --task lensfinding --data data/lsst-gri-80k --seed 1
+--out runs/ens/resnet-s-seed1` (data as in quality.py); ensemble_lensfinding_seed7 scores an independent set,
+`lensfinder simulate lensfinding --preset lsst-gri --seed 7 --train-lenses 0 --train-nonlenses 0 --test-lenses 1000
+--test-nonlenses 20000 --out data/lsst-gri-seed7`.
+
 A member is a run folder (or its model.safetensors) or `shipped` for the weights inside the package. Each member
 scores with its own normalisation and test-time averaging, as `lensfinder evaluate` does; full float precision
 is kept (the predictions CSV rounds to 6 digits, which ties the top lenses). Writes benchmarks/results/<name>.json.
