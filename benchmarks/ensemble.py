@@ -30,6 +30,7 @@ from _env import write_result  # noqa: E402
 from lensfinder import metrics as M  # noqa: E402
 from lensfinder.data.cache import open_packed, pack  # noqa: E402
 from lensfinder.data.layouts import discover  # noqa: E402
+from lensfinder.evaluate.evaluate import compute_metrics  # noqa: E402
 from lensfinder.evaluate.inference import predict_array  # noqa: E402
 from lensfinder.evaluate.predict import shipped_weights  # noqa: E402
 from lensfinder.train.run import load_model  # noqa: E402
@@ -47,10 +48,10 @@ def auc_interval(labels: np.ndarray, p_lens: np.ndarray, *, resamples: int = 100
 
 
 def scores(labels: np.ndarray, p_lens: np.ndarray) -> dict:
-    return {"auc": M.roc_auc(labels, p_lens), "auc_ci95": auc_interval(labels, p_lens),
-            "ap": M.average_precision(labels, p_lens),
-            "tpr0": M.tpr_before_false_positives(labels, p_lens, 1), "tpr10": M.tpr_before_false_positives(labels, p_lens, 10),
-            "tpr_at_fpr_1e_3": M.tpr_at_fpr(labels, p_lens, 1e-3)}
+    """The headline numbers exactly as `lensfinder evaluate` computes them, plus the AUC's interval."""
+    m = compute_metrics(labels, np.stack([1 - p_lens, p_lens], axis=1), ["nonlens", "lens"])
+    return {"auc": m["auc"], "auc_ci95": auc_interval(labels, p_lens), "ap": m["average_precision"],
+            "tpr0": m["tpr0"], "tpr10": m["tpr10"], "tpr_at_fpr_1e_3": m["tpr_at_fpr_1e-3"]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ._registry import register_model
-from .resnet import residual_stages
+from .resnet import fold_residual_batchnorm, residual_stages
 
 GROUP_ORDER = 8
 
@@ -131,12 +131,6 @@ class GroupBlock(nn.Module):
             self.shortcut = nn.Sequential(GroupConv(in_fields, out_fields, 2 if stride == 2 else 1, stride),
                                           GroupBatchNorm(out_fields))
 
-    def fold_batchnorm(self) -> None:
-        self.conv1, self.bn1 = plain_conv(self.conv1, self.bn1), nn.Identity()
-        self.conv2, self.bn2 = plain_conv(self.conv2, self.bn2), nn.Identity()
-        if isinstance(self.shortcut, nn.Sequential):
-            self.shortcut = plain_conv(*self.shortcut)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -163,13 +157,8 @@ class D4ResNet(nn.Module):
 
     def fold_batchnorm(self) -> "D4ResNet":
         """For inference only (in eval mode): every group convolution becomes the plain convolution it expands
-        to, with its batch norm folded in; the folded model cannot be trained further."""
-        if self.training:
-            raise RuntimeError("fold_batchnorm needs eval mode: folding uses the running statistics")
-        self.stem = nn.Sequential(plain_conv(self.stem[0], self.stem[1]), self.stem[2])
-        for block in self.stages:
-            block.fold_batchnorm()
-        return self
+        to, with its batch norm folded in."""
+        return fold_residual_batchnorm(self, fuse=plain_conv)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 2 or x.shape[-2] % 2:
