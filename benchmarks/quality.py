@@ -9,7 +9,9 @@ Data (held-out test splits are simulated with the same seed as their training sp
     lensfinder simulate substructure --preset deeplense-model-i --train 2000 --val 300 --test 500 --seed 11 --out data/model-i
     lensfinder simulate lensfinding --preset lsst-gri --out data/lsst-gri          # the published counts
     lensfinder simulate lensfinding --preset lsst-gri --train-lenses 20000 --train-nonlenses 60000 --workers 2 --out data/lsst-gri-80k
-(data/lsst-gri-80k's test split is the published-count test split, object for object: same seeds, same files.)
+    lensfinder simulate lensfinding --preset lsst-gri --train-lenses 40000 --train-nonlenses 80000 --workers 2 --out data/lsst-gri-120k
+    lensfinder simulate lensfinding --preset lsst-gri --train-lenses 80000 --train-nonlenses 120000 --workers 2 --out data/lsst-gri-200k
+(the test split of each larger set is the published-count test split, object for object: same seeds, same files.)
 Runs go to runs/quality/<task>/<entry>; a run that already holds model.safetensors and train_time.json
 is reused, so training jobs can be started separately (in parallel) and the table collected afterwards.
 Wall times are measured on the machine the run trained on, and say how many jobs shared its cores.
@@ -45,7 +47,7 @@ from lensfinder.train.run import Run, load_model, train  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 # Simulated data sets by preset (see the module docstring for the commands that make them).
 DATASETS = {"deeplense-model-iii": ROOT / "data" / "model-iii", "deeplense-model-i": ROOT / "data" / "model-i",
-            "lsst-gri": ROOT / "data" / "lsst-gri", "lsst-gri-80k": ROOT / "data" / "lsst-gri-80k"}
+            "lsst-gri": ROOT / "data" / "lsst-gri", **{f"lsst-gri-{n}": ROOT / "data" / f"lsst-gri-{n}" for n in ("80k", "120k", "200k")}}
 MAIN_PRESET = {"substructure": "deeplense-model-iii", "lensfinding": "lsst-gri"}
 
 
@@ -59,6 +61,7 @@ class Entry:
     epochs: int | None = None  # None: the recipe's epochs
     preset: str = ""  # simulated data set; "": the task's main preset
     train_set: str = ""  # a DATASETS key to train on instead (tested on the preset's test split)
+    tag: str = ""  # told apart from an entry with the same model and data (e.g. "stream")
     overrides: tuple[tuple[str, object], ...] = ()
 
     @property
@@ -68,7 +71,8 @@ class Entry:
     @property
     def name(self) -> str:
         name = self.model if self.dataset == MAIN_PRESET[self.task] else f"{self.model}-{self.dataset}"
-        return f"{name}-{self.train_set}" if self.train_set else name
+        name = f"{name}-{self.train_set}" if self.train_set else name
+        return f"{name}-{self.tag}" if self.tag else name
 
     @property
     def key(self) -> str:
@@ -86,7 +90,12 @@ ENTRIES = (
     Entry("substructure", "report-cnn4", "report"),
     Entry("substructure", "resnet-s", "lensfinder", epochs=4, preset="deeplense-model-i"),
     Entry("lensfinding", "resnet-s", "lensfinder"),
-    Entry("lensfinding", "resnet-s", "lensfinder", train_set="lsst-gri-80k"),  # the shipped model
+    Entry("lensfinding", "resnet-s", "lensfinder", train_set="lsst-gri-80k"),  # the model shipped before 2026-12
+    # Equal training images (15 x 108k draws), twice the lenses of the 80k set: a fixed set, then the endless stream
+    # (fresh objects every batch; validation on the same set).
+    Entry("lensfinding", "resnet-s", "lensfinder", epochs=15, train_set="lsst-gri-120k"),
+    Entry("lensfinding", "resnet-s", "lensfinder", epochs=15, train_set="lsst-gri-120k", tag="stream",
+          overrides=(("stream", True), ("stream_preset", "lsst-gri"), ("steps_per_epoch", 1688))),
     Entry("lensfinding", "report-cnn3", "report"),
 )
 
