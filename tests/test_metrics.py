@@ -100,3 +100,15 @@ def test_threshold_chooser():
     assert pure["purity"] >= 0.5
     with pytest.raises(ValueError):
         M.choose_threshold(labels, scores)
+
+
+def test_ranking_losses_hand_computed_and_average_to_one_minus_auc():
+    # positives 0.9, 0.4; negatives 0.6, 0.1: nothing outranks 0.9, one of two negatives outranks 0.4.
+    np.testing.assert_allclose(M.ranking_losses([1, 0, 1, 0], [0.9, 0.6, 0.4, 0.1]), [0.0, 0.5])
+    np.testing.assert_allclose(M.ranking_losses([1, 0], [0.5, 0.5]), [0.5])  # a tie counts half
+    rng = np.random.default_rng(3)
+    labels = rng.uniform(size=500) < 0.2
+    scores = np.round(rng.normal(labels.astype(float), 1.0), 1)  # rounded: many ties
+    assert M.ranking_losses(labels, scores).mean() == pytest.approx(1 - M.roc_auc(labels, scores), abs=1e-12)
+    with pytest.raises(ValueError):
+        M.ranking_losses([1, 1], [0.2, 0.3])

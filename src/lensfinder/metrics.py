@@ -30,6 +30,19 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
+def ranking_losses(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per positive, the fraction of negatives scored above it (ties count half): their mean is 1 - AUC, so
+    summing them over a group of positives says how much of the AUC's shortfall that group carries."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.all() or not labels.any():
+        raise ValueError("ranking losses need both positives and negatives")
+    negatives = np.sort(scores[~labels])
+    below = np.searchsorted(negatives, scores[labels], side="left")
+    tied = np.searchsorted(negatives, scores[labels], side="right") - below
+    return 1.0 - (below + 0.5 * tied) / len(negatives)
+
+
 def roc_auc_ovr(labels: np.ndarray, probs: np.ndarray) -> dict:
     """One-vs-rest AUCs: per class, macro (mean), weighted (by support) and micro (all decisions pooled)."""
     labels = np.asarray(labels)

@@ -120,7 +120,8 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str
 
 
 def _breakdown(data: Path, listing, scores: np.ndarray) -> dict:
-    """Recall of lenses per Einstein-radius and arc-S/N bin, at the TPR10 and FPR=1e-2 operating points.
+    """Recall of lenses per Einstein-radius and arc-S/N bin, at the TPR10 and FPR=1e-2 operating points, and the
+    share of 1 - AUC that each bin's lenses carry (a few faint lenses ranked among the non-lenses cost the most).
 
     Needs the simulator's manifest.csv (columns path, theta_e_arcsec, arc_snr); absent for other data.
     """
@@ -134,6 +135,9 @@ def _breakdown(data: Path, listing, scores: np.ndarray) -> dict:
     negatives = np.sort(scores[~lens])[::-1]
     cuts = {"tpr10": negatives[min(9, len(negatives) - 1)],
             "fpr_1e-2": negatives[min(int(1e-2 * len(negatives)), len(negatives) - 1)]}
+    losses = np.zeros(len(scores))
+    losses[lens] = M.ranking_losses(lens, scores)
+    total_loss = losses.sum()
     out = {}
     for column, edges in (("theta_e_arcsec", THETA_E_BINS), ("arc_snr", ARC_SNR_BINS)):
         values = np.array([float(rows[k][column]) if k in rows and rows[k].get(column) not in (None, "") else np.nan for k in keys])
@@ -143,6 +147,7 @@ def _breakdown(data: Path, listing, scores: np.ndarray) -> dict:
             entry = {"lo": lo, "hi": hi if np.isfinite(hi) else None, "n_lenses": int(members.sum())}
             for name, cut in cuts.items():
                 entry[f"recall_{name}"] = float((scores[members] > cut).mean()) if members.any() else None
+            entry["auc_loss_share"] = float(losses[members].sum() / total_loss) if total_loss > 0 else None
             bins.append(entry)
         out[column] = bins
     return out

@@ -20,6 +20,8 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return "-"
     return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
 
 
@@ -50,14 +52,14 @@ def _split_section(split: str, m: dict, figures_rel: str) -> str:
                  + f"<p>accuracy {rep['accuracy']:.4f}</p>")
     for column, bins in (m.get("breakdown") or {}).items():
         parts.append(f"<h3>Lens recall by {html.escape(column)}</h3>" + _table(
-            ["from", "to", "lenses", "recall @ TPR10 cut", "recall @ FPR 1e-2 cut"],
-            [[b["lo"], b["hi"] if b["hi"] is not None else "inf", b["n_lenses"], b["recall_tpr10"] if b["recall_tpr10"] is not None else "-",
-              b["recall_fpr_1e-2"] if b["recall_fpr_1e-2"] is not None else "-"] for b in bins]))
+            ["from", "to", "lenses", "recall @ TPR10 cut", "recall @ FPR 1e-2 cut", "share of 1 - AUC"],
+            [[b["lo"], "inf" if b["hi"] is None else b["hi"], b["n_lenses"],
+              *[b.get(key) for key in ("recall_tpr10", "recall_fpr_1e-2", "auc_loss_share")]] for b in bins]))
     if "thresholds" in m:
         parts.append("<h3>Thresholds for a survey</h3>" + _table(
             ["goal", "threshold", "completeness", "false per 10^6", "purity at 1:1000"],
             [[k, v["threshold"] if v["threshold"] is not None else "none", v["completeness"], v["false_per_million"],
-              v["purity"] if v["purity"] is not None else "-"] for k, v in m["thresholds"].items()]))
+              v["purity"]] for k, v in m["thresholds"].items()]))
     names = ["roc", "pr", "confusion", "reliability", "predictions"]
     parts.append("".join(f'<img src="{figures_rel}/{n}_{split}.png" alt="{n}">' for n in names))
     return "\n".join(parts)
