@@ -10,6 +10,20 @@ from __future__ import annotations
 import numpy as np
 
 
+def log_odds(logits: np.ndarray, positive: int | None = None) -> np.ndarray:
+    """The ranking score of each row of log-space class scores (N, K): float64 log-odds of class
+    `positive` (default: the row's predicted class), log p_k - log(1 - p_k), computed from the logits so
+    that it never saturates where the probability rounds to 1."""
+    logits = np.asarray(logits, dtype=np.float64)
+    k = logits.argmax(1) if positive is None else np.full(len(logits), positive)
+    rows = np.arange(len(logits))
+    others = logits.copy()
+    others[rows, k] = -np.inf
+    top = others.max(1, keepdims=True)
+    rest = top[:, 0] + np.log(np.exp(others - top).sum(1))  # logsumexp of the other classes
+    return logits[rows, k] - rest
+
+
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) at every distinct score, from (0, 0); a sample counts positive if score >= threshold."""
     labels = np.asarray(labels).astype(bool)

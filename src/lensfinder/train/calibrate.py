@@ -66,6 +66,6 @@ def validation_log_probs(module, images: np.ndarray, *, batch_size: int = 256) -
     """Uncalibrated log-probabilities (with the module's TTA setting) for an (N, C, H, W) array."""
     module.eval()
     # np.array copies each batch out of the read-only memory-mapped pack (torch wants writable memory).
-    chunks = [module.predict_proba(torch.from_numpy(np.array(images[i : i + batch_size], dtype=np.float32)), calibrated=False)
+    chunks = [module.predict_logits(torch.from_numpy(np.array(images[i : i + batch_size], dtype=np.float32)), calibrated=False)
               for i in range(0, len(images), batch_size)]
-    return torch.log(torch.cat(chunks).clamp_min(1e-12))
+    return torch.cat(chunks)

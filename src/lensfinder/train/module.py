@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..data.normalize import Normalizer
 from ..data.transforms import d4_transform, random_d4
-from .calibrate import apply_to_log_probs, shift_prevalence
+from .calibrate import apply_to_log_probs, prior_shift
 from ..metrics import roc_auc_ovr
 from ..models import create_model
 
@@ -41,20 +41,30 @@ class LensModule(L.LightningModule):
         return module
 
     @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor, *, tta: bool | None = None, calibrated: bool = True,
-                      prevalence: float | None = None) -> torch.Tensor:
-        """Class probabilities; with test-time averaging, the mean over the 8 D4 views.
-
-        Calibrated (when a calibration was fitted after training) by default; `prevalence` (binary tasks)
-        re-expresses them for a population with that fraction of positives, e.g. 1e-3 for a survey."""
+    def predict_logits(self, x: torch.Tensor, *, tta: bool | None = None, calibrated: bool = True,
+                       prevalence: float | None = None) -> torch.Tensor:
+        """Log-space class scores (N, K), float64, that never saturate: the mean over the views (8 D4 views
+        with test-time averaging, else 1) of the log-softmax. Calibrated (when a calibration was fitted after
+        training) by default: temperature scale, plus, for binary tasks, the Platt bias and the prior shift
+        to `prevalence`. ``softmax`` of the result gives the probabilities, and `metrics.log_odds` the score
+        a catalogue is ranked by."""
         use_tta = self.hparams.tta if tta is None else tta
         views = range(8) if use_tta else range(1)
-        probs = torch.stack([F.softmax(self(d4_transform(x, k)), dim=1) for k in views]).mean(0)
+        log_probs = torch.stack([F.log_softmax(self(d4_transform(x, k)).double(), dim=1) for k in views]).mean(0)
         calibration = self.hparams.get("calibration")
         if not calibrated or calibration is None:
-            return probs
-        probs = F.softmax(apply_to_log_probs(torch.log(probs.clamp_min(1e-12)), calibration["scale"], calibration["bias"]), dim=1)
-        return shift_prevalence(probs, calibration, prevalence) if prevalence is not None else probs
+            return log_probs
+        logits = apply_to_log_probs(log_probs, calibration["scale"], calibration["bias"])
+        if prevalence is not None:
+            logits[:, 1] += prior_shift(calibration, prevalence)
+        return logits
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor, *, tta: bool | None = None, calibrated: bool = True,
+                      prevalence: float | None = None) -> torch.Tensor:
+        """Class probabilities (float64): the softmax of `predict_logits`. `prevalence` (binary tasks)
+        re-expresses them for a population with that fraction of positives, e.g. 1e-3 for a survey."""
+        return F.softmax(self.predict_logits(x, tta=tta, calibrated=calibrated, prevalence=prevalence), dim=1)
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y, weight=self.class_weight)
