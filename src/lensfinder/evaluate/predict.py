@@ -3,49 +3,22 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import TrainConfig
-from ..data.layouts import atomic_path, atomic_write, write_text_atomic
+from ..data.layouts import atomic_write
 from ..train.module import LensModule
 from ..train.run import load_model
 from ..validation import InputError, as_chw, check_channels, load_npy
 from .inference import predict_loader
+from .shipped import WEIGHTS_DIR, shipped_run, shipped_weights  # noqa: F401  (moved; importable from here)
 
 NPY_SUFFIXES = (".npy",)
 FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
 OUTPUT_SUFFIXES = (".csv",)
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-def shipped_weights(task: str) -> Path:
-    """The weights shipped inside the package for a task's default model."""
-    path = WEIGHTS_DIR / f"{task}.safetensors"
-    if not path.is_file():
-        known = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors")) if WEIGHTS_DIR.is_dir() else []
-        raise InputError(f"no shipped weights for task {task!r} in this install (shipped: {', '.join(known) or 'none'}); "
-                         "pass --run with a trained run folder")
-    return path
-
-
-def shipped_run(task: str, data: Path, run_dir: Path) -> Path:
-    """A run folder around the shipped weights of `task`, so that `evaluate` scores them like any trained run."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    weights = shipped_weights(task)
-    module = load_model(weights)
-    with atomic_path(run_dir / "model.safetensors") as tmp:
-        shutil.copyfile(weights, tmp)
-    config = TrainConfig(task=task, data=str(data), out=str(run_dir), model=module.hparams.model_name,
-                         recipe="lensfinder", tta=module.hparams.tta, progress=False).resolved()
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return run_dir
 
 
 def resolve_model(*, run: Path | None = None, task: str | None = None) -> LensModule:
