@@ -251,6 +251,23 @@ class _Renderer:
 
 
 # ----------------------------------------------------------------------------- task 1
+SUBSTRUCTURE_OUTPUT_DTYPES = ("float32", "float64")
+SUBSTRUCTURE_OUTPUT_SCALINGS = ("none", "minmax")
+
+
+def substructure_output(image: np.ndarray, cfg: dict) -> np.ndarray:
+    """A rendered float64 image as the preset writes it: `output_scaling` minmax maps each image to [0, 1]
+    ((x - min) / (max - min), in float64), then `output_dtype` (default float32, the published Models' dtype)."""
+    scaling, dtype = cfg.get("output_scaling", "none"), cfg.get("output_dtype", "float32")
+    if scaling not in SUBSTRUCTURE_OUTPUT_SCALINGS or dtype not in SUBSTRUCTURE_OUTPUT_DTYPES:
+        raise ValueError(f"preset {cfg.get('name')!r}: output_scaling must be one of {SUBSTRUCTURE_OUTPUT_SCALINGS} "
+                         f"and output_dtype one of {SUBSTRUCTURE_OUTPUT_DTYPES}, found {scaling!r} and {dtype!r}")
+    if scaling == "minmax":
+        lo, hi = image.min(), image.max()
+        image = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+    return image.astype(dtype)
+
+
 class _SubstructureRenderer(_Renderer):
     def _build(self) -> SubstructureSimulator:
         return SubstructureSimulator(self.cfg, distances=self.distances, device=self.device)
@@ -266,7 +283,7 @@ class _SubstructureRenderer(_Renderer):
         for j, p, (_, noise_rng), img in zip(batch, params, rngs, images):
             img = img.astype(np.float64)
             img = sim.add_noise(img, p, noise_rng) if self.noise else img * scale
-            img = img.astype(np.float32)
+            img = substructure_output(img, self.cfg)
             if self.axion_pickle and j["cls"] == "vort":
                 obj = np.empty(2, dtype=object)
                 obj[0], obj[1] = img, float(p["axion_mass_ev"])
@@ -284,7 +301,8 @@ class _SubstructureRenderer(_Renderer):
 def simulate_substructure(out_dir, *, preset: str, counts: dict[str, int], seed: int = 0, batch_size: int = 256,
                           device: str = "cpu", distances: str | None = None, noise: bool | None = None,
                           progress: bool = True, axion_pickle: bool = False, workers: int = 1) -> Path:
-    """Simulate a Task-1 set: ``out_dir/<split>/<class>/<id>.npy`` float32 (1, H, W), with
+    """Simulate a Task-1 set: ``out_dir/<split>/<class>/<id>.npy`` (1, H, W) in the preset's output_dtype
+    (default float32) and output_scaling (default none; minmax: each image in [0, 1]), with
     ``counts`` images per class for each split (train / val / test), plus manifest.csv and
     simulation.yaml. ``axion_pickle`` writes vort files as the published pickled ``[image, m_a]``.
     ``workers`` > 1 renders batches in that many processes (CPU); the files are the same."""
@@ -295,6 +313,7 @@ def simulate_substructure(out_dir, *, preset: str, counts: dict[str, int], seed:
     if distances not in (None, "luminosity", "angular"):
         raise ValueError(f"distances: expected 'luminosity' or 'angular', found {distances!r}")
     use_noise = cfg["noise"]["default"] if noise is None else bool(noise)
+    substructure_output(np.zeros((2, 2)), cfg)  # refuses an unknown output_dtype / output_scaling up front
     out_dir = Path(out_dir)
     render = _SubstructureRenderer(cfg=cfg, preset=preset, seed=seed, device=device, distances=distances,
                                    noise=use_noise, axion_pickle=axion_pickle, out_dir=out_dir)
