@@ -57,6 +57,7 @@ def train(
     stream_preset: Optional[str] = typer.Option(None, help="simulator preset for --stream"),
     steps_per_epoch: Optional[int] = typer.Option(None, help="batches per epoch with --stream"),
     early_stopping: Optional[int] = typer.Option(None, help="patience in epochs; 0 = off"),
+    test_fraction: Optional[float] = typer.Option(None, help="hold out this share of train as the test split (layouts without one)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
@@ -69,7 +70,7 @@ def train(
                  scheduler=scheduler, normalization=normalization, augment=augment, tta=tta, class_weights=class_weights,
                  sampling=sampling, seed=seed, devices=devices, num_nodes=num_nodes, accelerator=accelerator, strategy=strategy,
                  precision=precision, num_workers=num_workers, stream_preset=stream_preset, steps_per_epoch=steps_per_epoch,
-                 early_stopping=early_stopping)
+                 early_stopping=early_stopping, test_fraction=test_fraction)
     values.update({k: v for k, v in flags.items() if v is not None})
     values.update(task=task, data=str(data), out=str(out), progress=progress)
     values["allow_pickle"] = allow_pickle or values.get("allow_pickle", False)

@@ -66,6 +66,7 @@ class TrainConfig:
     class_weights: str | None = None  # balanced: w_c = N / (K N_c) (report, lens finding) | none
     sampling: str | None = None  # shuffle: each image once per epoch | balanced: every class equally often (with replacement)
     val_fraction: float = 0.1  # stratified validation share when the layout has no val split
+    test_fraction: float = 0.0  # stratified share of train held out as the test split (layouts without one); 0: none
     seed: int = 0  # seeds model init, split, shuffling and augmentation
     num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
     accelerator: str = "auto"  # cpu | gpu | auto
@@ -118,6 +119,8 @@ class TrainConfig:
             raise InputError(f"peak_floor must be in [0, 1), got {self.peak_floor}")
         if not 0 < self.val_fraction < 1:
             raise InputError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.test_fraction < 1:
+            raise InputError(f"test_fraction must be in [0, 1), got {self.test_fraction}; e.g. --test-fraction 0.1")
         if self.stream and not self.stream_preset:
             raise InputError("streaming needs a simulator preset: pass --stream-preset (e.g. deeplense-model-iii or lsst-gri)")
 

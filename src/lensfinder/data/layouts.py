@@ -126,21 +126,73 @@ def stratified_split(labels: np.ndarray, *, val_fraction: float = 0.1, seed: int
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
 
 
-def train_val_listings(splits: dict[str, Listing], *, val_fraction: float, seed: int) -> tuple[Listing, Listing]:
-    """The train and validation listings; without a val split, a stratified split of train."""
+def held_out_listings(splits: dict[str, Listing], *, val_fraction: float, seed: int,
+                      test_fraction: float = 0.0) -> dict[str, Listing]:
+    """train, val and (with `test_fraction` > 0) test listings. `test_fraction` of each class of the train folder
+    is held out as a test split first (seeded, stratified), for layouts without one (DeepLense Common Test I ships
+    train/ and val/ only); without a val folder, `val_fraction` of what remains becomes the validation split."""
     if "train" not in splits:
         raise InputError(f"{next(iter(splits.values())).root}: no training split found (need a train folder)")
-    if "val" in splits:
-        return splits["train"], splits["val"]
+    if not 0 <= test_fraction < 1:
+        raise InputError(f"test_fraction must be in [0, 1), got {test_fraction}")
     train = splits["train"]
-    train_idx, val_idx = stratified_split(train.labels, val_fraction=val_fraction, seed=seed)
-    return train.subset(train_idx), train.subset(val_idx)
+    out = {}
+    if test_fraction > 0:
+        keep_idx, test_idx = stratified_split(train.labels, val_fraction=test_fraction, seed=seed + 1)
+        train, out["test"] = train.subset(keep_idx), train.subset(test_idx)
+    if "val" in splits:
+        out["train"], out["val"] = train, splits["val"]
+    else:
+        train_idx, val_idx = stratified_split(train.labels, val_fraction=val_fraction, seed=seed)
+        out["train"], out["val"] = train.subset(train_idx), train.subset(val_idx)
+    return out
 
 
-def write_split_record(path: Path, val: Listing, *, seed: int, val_fraction: float) -> None:
-    """Record which files a seeded split sent to validation, relative to the data root."""
+def train_val_listings(splits: dict[str, Listing], *, val_fraction: float, seed: int,
+                       test_fraction: float = 0.0) -> tuple[Listing, Listing]:
+    """The train and validation listings; without a val split, a stratified split of train (see held_out_listings)."""
+    held = held_out_listings(splits, val_fraction=val_fraction, seed=seed, test_fraction=test_fraction)
+    return held["train"], held["val"]
+
+
+def write_split_record(path: Path, val: Listing, *, seed: int, val_fraction: float, test: Listing | None = None,
+                       test_fraction: float = 0.0) -> None:
+    """Record which files a seeded split sent to validation (and to the held-out test split), relative to the
+    data root, so that evaluation later scores exactly those files."""
     payload = {"seed": seed, "val_fraction": val_fraction, "val_files": [os.path.relpath(p, val.root) for p in val.paths]}
+    if test is not None:
+        payload.update(test_fraction=test_fraction, test_files=[os.path.relpath(p, test.root) for p in test.paths])
     write_text_atomic(path, json.dumps(payload, indent=1))
+
+
+SPLIT_ROLES = {"train": "training", "val": "validation", "test": "test"}
+
+
+def evaluation_listing(splits: dict[str, Listing], split: str, *, record: Path | None = None,
+                       val_fraction: float = 0.1, seed: int = 0) -> Listing:
+    """The files to score for `split`: the split's folder; else the files a run's split.json (`record`) held out
+    for it (a test fraction of train, or a validation fraction); else, for val, the seeded split of train."""
+    split = SPLIT_ALIASES.get(split.lower(), split)
+    if split not in SPLIT_ROLES:
+        raise InputError(f"unknown split {split!r}; expected one of {', '.join(SPLIT_ROLES)}")
+    recorded = json.loads(Path(record).read_text()) if record is not None and Path(record).is_file() else {}
+    if split in ("val", "test") and f"{split}_files" in recorded and "train" in splits:
+        train = splits["train"]
+        wanted = {os.path.normpath(f) for f in recorded[f"{split}_files"]}
+        index = [i for i, p in enumerate(train.paths) if os.path.normpath(os.path.relpath(p, train.root)) in wanted]
+        if len(index) != len(wanted):
+            raise InputError(f"{record}: lists {len(wanted)} {split} files, of which {len(wanted) - len(index)} are "
+                             f"missing from {train.root}/train; evaluate with the data the run was trained on")
+        return train.subset(np.asarray(index, dtype=np.int64))
+    if split in splits:
+        return splits[split]
+    if split == "val" and "train" in splits:
+        return train_val_listings(splits, val_fraction=val_fraction, seed=seed)[1]
+    root = next(iter(splits.values())).root
+    hint = (" This layout has no test split: score the validation split (--split val; its numbers are validation "
+            "numbers, and training chose its checkpoint on them) or train with --test-fraction 0.1 to hold out a test "
+            "split from train" if split == "test" else "")
+    raise InputError(f"{root}: no {split!r} split (found {', '.join(sorted(splits))}).{hint}")
 
 
 @contextmanager

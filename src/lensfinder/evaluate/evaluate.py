@@ -12,7 +12,7 @@ import torch
 
 from .. import metrics as M
 from ..data.cache import open_packed, pack
-from ..data.layouts import atomic_write, discover, train_val_listings, write_text_atomic
+from ..data.layouts import SPLIT_ROLES, atomic_write, discover, evaluation_listing, write_text_atomic
 from ..train.calibrate import shift_prevalence
 from ..train.run import Run, load_model
 from ..validation import InputError, check_channels
@@ -48,7 +48,8 @@ def evaluate(run: Run | Path, data: Path, *, split: str = "test", tta: bool | No
         shifted = shift_prevalence(torch.from_numpy(probs), calibration, float(labels.mean())).numpy()
         result["calibration_at_split_prevalence"] = M.reliability(labels, shifted)
         result["ece_at_split_prevalence"] = result["calibration_at_split_prevalence"]["ece"]
-    result.update(split=split, n=int(len(labels)), tta=bool(module.hparams.tta if tta is None else tta),
+    result.update(split=split, role=SPLIT_ROLES.get(split, split), n=int(len(labels)),
+                  tta=bool(module.hparams.tta if tta is None else tta),
                   model=module.hparams.model_name, data=str(data))
 
     figures = run.path / "figures"
@@ -78,12 +79,8 @@ def _json_default(value):
 
 def _split_listing(run: Run, data: Path, split: str):
     config = run.config
-    splits = discover(data, config.task)
-    if split in splits:
-        return splits[split]
-    if split == "val" and "train" in splits:
-        return train_val_listings(splits, val_fraction=config.val_fraction, seed=config.seed)[1]
-    raise InputError(f"{data}: no {split!r} split (found {', '.join(sorted(splits))})")
+    return evaluation_listing(discover(data, config.task), split, record=run.path / "split.json",
+                              val_fraction=config.val_fraction, seed=config.seed)
 
 
 def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:

@@ -40,6 +40,8 @@ def run_summary(run_dir: Path) -> dict:
 
 def _split_section(split: str, m: dict, figures_rel: str) -> str:
     parts = [f"<h2>{html.escape(split)} split ({m.get('n', '?')} images, TTA {m.get('tta')})</h2>"]
+    if m.get("role") == "validation":
+        parts.append("<p>Validation numbers: training chose its checkpoint and calibration on this split.</p>")
     parts.append(_table(["metric", "value"], [[label, m[key]] for key, label in HEADLINE if key in m]))
     if "auc_per_class" in m:
         parts.append("<h3>One-vs-rest AUC</h3>" + _table(

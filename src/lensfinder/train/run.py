@@ -17,7 +17,7 @@ from safetensors.torch import safe_open, save_file
 from ..config import TrainConfig
 from ..data.cache import open_packed, pack
 from ..data.datamodule import LensDataModule, PackedDataset, balanced_sampler
-from ..data.layouts import Listing, atomic_path, discover, train_val_listings, write_split_record, write_text_atomic
+from ..data.layouts import Listing, atomic_path, discover, held_out_listings, write_split_record, write_text_atomic
 from ..data.normalize import channel_stats
 from ..validation import InputError
 from .calibrate import fit_calibration, validation_log_probs
@@ -110,7 +110,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
     L.seed_everything(config.seed, workers=True, verbose=False)
 
     splits = discover(Path(config.data), config.task)
-    train_listing, val_listing = train_val_listings(splits, val_fraction=config.val_fraction, seed=config.seed)
+    held = held_out_listings(splits, val_fraction=config.val_fraction, seed=config.seed, test_fraction=config.test_fraction)
+    train_listing, val_listing = held["train"], held["val"]
     cache_dir = Path(config.cache_dir) if config.cache_dir else None
     train_pack = pack(train_listing, cache_dir=cache_dir, allow_pickle=config.allow_pickle)
     val_pack = pack(val_listing, cache_dir=cache_dir, allow_pickle=config.allow_pickle)
@@ -122,8 +123,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
         raise InputError(f"{config.data}: validation images have shape {open_packed(val_pack).shape[1:]}, "
                          f"training images {train_images.shape[1:]}")
 
-    if "val" not in splits:
-        write_split_record(run_dir / "split.json", val_listing, seed=config.seed, val_fraction=config.val_fraction)
+    if "val" not in splits or "test" in held:
+        write_split_record(run_dir / "split.json", val_listing, seed=config.seed, val_fraction=config.val_fraction,
+                           test=held.get("test"), test_fraction=config.test_fraction)
     if ckpt_path is None:  # written only once the data passed its checks, so a refused run leaves no run behind
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     normalization = {"kind": config.normalization, "mean": None, "std": None, "softening": 1.0,
