@@ -13,12 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import DEFAULT_MODELS, TrainConfig
-from .data.layouts import write_text_atomic
-from .evaluate.evaluate import evaluate
-from .evaluate.predict import shipped_run
-from .evaluate.report import write_comparison
-from .train.run import train
+from .validation import InputError
 
 # Data sizes and epoch budgets per scale (per class for substructure; per folder for lens finding).
 SCALES = {
@@ -41,10 +36,18 @@ BASELINES = {"substructure": "report-cnn4", "lensfinding": "report-cnn3"}
 
 
 def run_demo(out: Path, *, scale: str = "small", seed: int = 0, progress: bool = True) -> Path:
-    from .simulate import simulate_lensfinding, simulate_substructure
-
+    """Run the demo into `out`; returns the comparison report. Finished steps are reused when run again."""
     if scale not in SCALES:
-        raise ValueError(f"unknown demo scale {scale!r}; expected one of {', '.join(SCALES)}")
+        raise InputError(f"--scale {scale!r}: unknown demo scale; expected one of {', '.join(SCALES)}")
+    # Imported here, after the arguments are checked: torch, lightning and the simulator take seconds to load.
+    from .config import DEFAULT_MODELS, TrainConfig
+    from .data.layouts import write_text_atomic
+    from .evaluate.evaluate import evaluate
+    from .evaluate.report import write_comparison
+    from .evaluate.shipped import shipped_run
+    from .simulate import simulate_lensfinding, simulate_substructure
+    from .train.run import train
+
     out = Path(out)
     runs: dict[str, Path] = {}
     timings = []

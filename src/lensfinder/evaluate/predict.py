@@ -1,8 +1,11 @@
-"""Catalogue prediction: score any set of .npy or FITS cutouts in batches and write a ranked CSV keyed by path."""
+"""Catalogue prediction: score any set of .npy or FITS cutouts in batches and write a CSV keyed by path, ranked by
+a float64 log-odds score that never saturates, with the cutouts that could not be scored listed beside it."""
 
 from __future__ import annotations
 
 import csv
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,20 +13,26 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.layouts import atomic_write
+from ..metrics import log_odds
 from ..train.module import LensModule
 from ..train.run import load_model
 from ..validation import InputError, as_chw, check_channels, load_npy
-from .inference import predict_loader
+from .inference import pick_device
 from .shipped import WEIGHTS_DIR, shipped_run, shipped_weights  # noqa: F401  (moved; importable from here)
 
 NPY_SUFFIXES = (".npy",)
 FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
 OUTPUT_SUFFIXES = (".csv",)
+ON_BAD = ("skip", "fail")  # what a cutout that cannot be scored does: listed and left out, or stops the run
 
 
 def resolve_model(*, run: Path | None = None, task: str | None = None) -> LensModule:
     if run is not None:
-        return load_model(Path(run))
+        module = load_model(Path(run))
+        if task is not None and task != module.hparams.task:
+            raise InputError(f"--task {task} disagrees with --run {run}, a {module.hparams.task} model; drop --task "
+                             f"(the run decides), or pass a run trained for {task}")
+        return module
     if task is not None:
         return load_model(shipped_weights(task))
     raise InputError("say which model scores the cutouts: --run RUN_FOLDER, or --task TASK for the shipped weights")
@@ -75,20 +84,53 @@ def group_bands(files: list[Path], band_suffixes: list[str]) -> list[tuple[str, 
 
 
 def read_fits(path: Path) -> np.ndarray:
+    """The first image HDU of a FITS file with 2 or 3 axes (leading axes of length 1 dropped), as float32.
+    Empty primaries, tables and 1-D HDUs are passed over; anything unreadable is an `InputError` naming the file."""
     from astropy.io import fits
 
+    passed_over = []
     try:
-        with fits.open(path, memmap=False) as hdus:
-            for hdu in hdus:
-                if hdu.data is not None and hdu.data.ndim in (2, 3):
-                    return np.asarray(hdu.data, dtype=np.float32)
-    except OSError as err:
-        raise InputError(f"{path}: unreadable FITS file ({err})") from None
-    raise InputError(f"{path}: no image HDU of shape (H, W) or (C, H, W)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            with fits.open(path, memmap=False) as hdus:
+                for number, hdu in enumerate(hdus):
+                    data = hdu.data if hdu.is_image else None
+                    if data is None:
+                        passed_over.append(f"HDU {number}: {'no data' if hdu.is_image else type(hdu).__name__}")
+                        continue
+                    while data.ndim > 3 and data.shape[0] == 1:
+                        data = data[0]
+                    if data.ndim in (2, 3):
+                        return np.array(data, dtype=np.float32)
+                    passed_over.append(f"HDU {number}: image of shape {hdu.data.shape}")
+    except Exception as err:  # astropy raises assorted errors on a truncated or corrupt file
+        raise InputError(f"{path}: unreadable FITS file ({type(err).__name__}: {err}); check that the file is "
+                         "complete and is a FITS image") from None
+    raise InputError(f"{path}: expected an image HDU of shape (H, W) or (C, H, W), found {'; '.join(passed_over) or 'no HDU'}; "
+                     "write one cutout per file as a 2-D or 3-D image")
+
+
+def read_cutout(paths: list[Path], *, allow_pickle: bool = False) -> np.ndarray:
+    """One object as float32 (C, H, W): a .npy or FITS file, or one single-band FITS file per band."""
+    if len(paths) == 1:
+        path = paths[0]
+        return as_chw(read_fits(path) if _is_fits(path) else load_npy(path, allow_pickle=allow_pickle), path)
+    planes = []
+    for path in paths:
+        plane = as_chw(read_fits(path), path)
+        if plane.shape[0] != 1:
+            raise InputError(f"{path}: expected one band per file with --bands, found {plane.shape[0]} planes "
+                             f"(shape {plane.shape}); drop --bands to read the file as one multi-band cutout")
+        if planes and plane.shape != planes[0].shape:
+            raise InputError(f"{path}: expected {planes[0].shape[1]}x{planes[0].shape[2]} pixels like {paths[0].name}, "
+                             f"found {plane.shape[1]}x{plane.shape[2]}; every band of an object needs the same size")
+        planes.append(plane)
+    return np.concatenate(planes)
 
 
 class CutoutDataset(Dataset):
-    """One item per object: (C, H, W) float32, validated against the model's channel count and size."""
+    """One item per object: (index, (C, H, W) float32 tensor, "") when the cutout reads and matches the model's
+    channel count and size, else (index, None, the reason)."""
 
     def __init__(self, objects: list[tuple[str, list[Path]]], *, channels: int, size: int, allow_pickle: bool):
         self.objects, self.channels, self.size, self.allow_pickle = objects, channels, size, allow_pickle
@@ -96,39 +138,123 @@ class CutoutDataset(Dataset):
     def __len__(self) -> int:
         return len(self.objects)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
         key, paths = self.objects[index]
-        if len(paths) > 1:
-            image = np.stack([as_chw(read_fits(p), p)[0] for p in paths])
-        elif _is_fits(paths[0]):
-            image = as_chw(read_fits(paths[0]), paths[0])
-        else:
-            image = as_chw(load_npy(paths[0], allow_pickle=self.allow_pickle), paths[0])
-        check_channels(image.shape, expected_channels=self.channels, expected_size=self.size, source=key)
-        return torch.from_numpy(image)
+        try:
+            image = read_cutout(paths, allow_pickle=self.allow_pickle)
+            check_channels(image.shape, expected_channels=self.channels, expected_size=self.size, source=key)
+        except InputError as err:
+            return index, None, str(err)
+        return index, torch.from_numpy(image), ""
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """A batch of the cutouts that read, with the indices of those and the reasons of those that did not."""
+    good = [(index, image) for index, image, _ in items if image is not None]
+    bad = [(index, reason) for index, image, reason in items if image is None]
+    return [index for index, _ in good], torch.stack([image for _, image in good]) if good else None, bad
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """What `predict_catalog` wrote. A path-like (``open(catalogue)`` reads the CSV) that also carries the counts."""
+
+    path: Path
+    scored: int
+    skipped: list[tuple[str, str]]  # (id, reason) of every cutout left out
+    skipped_path: Path | None  # the CSV listing them, when there were any
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
+def _device(name: str) -> torch.device:
+    try:
+        target = pick_device(name)
+    except RuntimeError as err:
+        raise InputError(f"--device {name!r}: not a device ({err}); use auto, cpu, cuda or cuda:N") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name!r}: no CUDA device on this machine; use --device cpu (or auto)")
+    return target
+
+
+def score_loader(module: LensModule, loader: DataLoader, *, tta: bool | None, device: str, progress: bool,
+                 prevalence: float | None, on_bad: str, ids: list[str]) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """(indices, float64 logits (N, K), skipped) over a loader of `CutoutDataset` batches; a bad cutout is
+    skipped with its reason, or, with ``on_bad="fail"``, stops the run with an `InputError`."""
+    target = _device(device)
+    module = module.for_inference().to(target)
+    indices: list[int] = []
+    chunks, skipped = [], []
+    batches = loader
+    if progress:
+        from rich.progress import track
+
+        batches = track(loader, description="scoring cutouts", total=len(loader), transient=True)
+    for batch_indices, images, bad in batches:
+        for index, reason in bad:
+            if on_bad == "fail":
+                raise InputError(f"{reason}\n(--on-bad fail stops at the first bad cutout; the default, --on-bad skip, "
+                                 "lists it and scores the rest)")
+            prefix = f"{ids[index]}: "
+            skipped.append((ids[index], reason[len(prefix):] if reason.startswith(prefix) else reason))
+        if images is not None:
+            chunks.append(module.predict_logits(images.to(target), tta=tta, prevalence=prevalence).cpu().numpy())
+            indices += batch_indices
+    logits = np.concatenate(chunks) if chunks else np.zeros((0, module.hparams.num_classes))
+    return np.asarray(indices, dtype=np.int64), logits.astype(np.float64), skipped
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    return shifted / shifted.sum(1, keepdims=True)
+
+
+def skipped_path_for(out: Path) -> Path:
+    """Where the cutouts left out of catalogue `out` are listed: <name>.skipped.csv beside it."""
+    return out.with_name(f"{out.name[: -len('.csv')]}.skipped.csv")
 
 
 def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, task: str | None = None,
                     batch_size: int = 512, tta: bool | None = None, device: str = "auto", num_workers: int = 0,
                     allow_pickle: bool = False, band_suffixes: list[str] | None = None,
                     shard: tuple[int, int] | None = None, progress: bool = False,
-                    prevalence: float | None = None) -> Path:
-    """Write `out` (CSV): rank, path, p_<class> for each class, predicted; ranked by the positive-class
-    probability (binary tasks) or by the confidence of the predicted class (multi-class).
+                    prevalence: float | None = None, on_bad: str = "skip") -> Catalogue:
+    """Write `out` (CSV): rank, path, p_<class> for each class, score, predicted; one row per object, keyed by
+    its path (with `band_suffixes`, the object's name without the band suffix), ranked by `score`: the float64
+    log-odds of the positive class (binary tasks, e.g. `lens`) or of the predicted class (multi-class), written
+    at full precision. It never saturates where the probabilities round to 1, so ties are real ties.
+
+    A cutout that cannot be read or does not fit the model (shape, channels, NaN pixels) is left out and
+    listed with the reason in `<out>.skipped.csv` (``on_bad="skip"``, the default), or stops the run
+    (``on_bad="fail"``); a run in which every cutout is bad stops with the first reason.
 
     `shard=(k, n)` scores every n-th object starting at k (0-based), so n jobs on a cluster split a
-    catalogue between them without coordination; merge their CSVs by score afterwards."""
+    catalogue between them without coordination; sorting their rows together by `score` gives the order
+    of the whole run."""
     out = Path(out)
     if not out.name.lower().endswith(OUTPUT_SUFFIXES):
         raise InputError(f"{out}: unsupported output type; expected one of {', '.join(OUTPUT_SUFFIXES)}")
+    if on_bad not in ON_BAD:
+        raise InputError(f"--on-bad {on_bad!r}: expected one of {', '.join(ON_BAD)}")
+    if batch_size < 1 or num_workers < 0:
+        raise InputError(f"--batch-size {batch_size} / --num-workers {num_workers}: expected a batch size >= 1 "
+                         "and a number of workers >= 0")
     module = resolve_model(run=run, task=task)
     if prevalence is not None and (module.hparams.num_classes != 2 or not module.hparams.get("calibration")):
         raise InputError("--prevalence needs a calibrated binary (lens-finding) model")
     if prevalence is not None and not 0 < prevalence < 1:
         raise InputError(f"--prevalence must be in (0, 1), got {prevalence}")
     files = expand_inputs(inputs)
+    if not files:
+        raise InputError("no inputs: give .npy / FITS files or folders of them")
     if band_suffixes:
-        objects = group_bands([f for f in files if _is_fits(f)], band_suffixes)
+        npy = [f for f in files if not _is_fits(f)]
+        if npy:
+            raise InputError(f"--bands reads one FITS file per band, but {len(npy)} input(s) are .npy files (first: "
+                             f"{npy[0]}); drop --bands to score .npy cutouts (each holds all its bands), or give only "
+                             "the per-band FITS files")
+        objects = group_bands(files, band_suffixes)
     else:
         objects = [(str(f), [f]) for f in files]
     if shard is not None:
@@ -136,15 +262,31 @@ def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, t
         if not 0 <= index < count:
             raise InputError(f"shard {index}/{count}: expected 0 <= K < N in --shard K/N")
         objects = objects[index::count]
+    ids = [key for key, _ in objects]
     dataset = CutoutDataset(objects, channels=module.hparams.in_channels, size=module.hparams.image_size, allow_pickle=allow_pickle)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    probs = predict_loader(module, loader, tta=tta, device=device, progress=progress, prevalence=prevalence)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    indices, logits, skipped = score_loader(module, loader, tta=tta, device=device, progress=progress,
+                                            prevalence=prevalence, on_bad=on_bad, ids=ids)
+    if objects and not len(indices):
+        first_id, first_reason = skipped[0]
+        raise InputError(f"{first_id}: {first_reason}\n(every one of the {len(objects)} cutouts was refused; "
+                         "this one is the first)")
     class_names = list(module.hparams.class_names)
-    key = probs[:, 1] if len(class_names) == 2 else probs.max(1)
-    order = np.argsort(-key, kind="stable")
+    probs = _softmax(logits)
+    scores = log_odds(logits, positive=1 if len(class_names) == 2 else None)
+    order = np.argsort(-scores, kind="stable")
     with atomic_write(out, newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["rank", "path", *[f"p_{c}" for c in class_names], "predicted"])
+        writer.writerow(["rank", "path", *[f"p_{c}" for c in class_names], "score", "predicted"])
         for rank, i in enumerate(order, start=1):
-            writer.writerow([rank, objects[i][0], *[f"{v:.6g}" for v in probs[i]], class_names[int(probs[i].argmax())]])
-    return out
+            writer.writerow([rank, ids[indices[i]], *[f"{v:.6g}" for v in probs[i]], repr(float(scores[i])),
+                             class_names[int(logits[i].argmax())]])
+    listing = skipped_path_for(out)
+    if skipped:
+        with atomic_write(listing, newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "reason"])
+            writer.writerows(skipped)
+    else:
+        listing.unlink(missing_ok=True)  # a list from an earlier run of the same catalogue would mislead
+    return Catalogue(out, len(indices), skipped, listing if skipped else None)
