@@ -8,22 +8,44 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from .validation import InputError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="lensfinder: substructure classification and lens finding for strong-lensing images.")
+SIMULATE_HELP = "Simulate data sets in the DeepLense layouts."
 
 
-def _attach_simulator() -> None:
+class _Commands(TyperGroup):
+    """The commands, with `simulate` imported only when it runs: the simulator loads torch, caustics and numba
+    (seconds), which `--help` and the other commands do not need. When its import fails, running it says why."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return ["simulate", *super().list_commands(ctx)]
+
+    def get_command(self, ctx, name: str):
+        if name == "simulate":  # listed in --help without importing it
+            return TyperGroup(name="simulate", help=SIMULATE_HELP)
+        return super().get_command(ctx, name)
+
+    def resolve_command(self, ctx, args: list[str]):
+        if args and args[0] == "simulate":
+            return "simulate", _simulate_command(), args[1:]
+        return super().resolve_command(ctx, args)
+
+
+def _simulate_command():
     try:
         from .simulate.cli import app as simulate_app
-    except ImportError:  # the simulator is optional at import time (e.g. caustics missing)
-        return
-    app.add_typer(simulate_app, name="simulate", help="Simulate data sets in the DeepLense layouts.")
+    except ImportError as err:
+        typer.secho(f"error: `lensfinder simulate` is unavailable: importing the simulator failed ({type(err).__name__}: "
+                    f"{err}); install the missing package (`pip install -e .` installs them all)", err=True,
+                    fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+    return typer.main.get_group(simulate_app)
 
 
-_attach_simulator()
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="lensfinder: substructure classification and lens finding for strong-lensing images.")
 
 
 @app.command()
@@ -111,17 +133,22 @@ def predict(
     bands: Optional[str] = typer.Option(None, help="one FITS file per band: comma-separated band suffixes, e.g. g,r,i"),
     shard: Optional[str] = typer.Option(None, help="K/N: score only every N-th object from K (one job of N on a cluster)"),
     prevalence: Optional[float] = typer.Option(None, help="lens finding: express probabilities for this lens fraction, e.g. 0.001"),
+    on_bad: str = typer.Option("skip", help="a cutout that cannot be scored (unreadable, wrong shape, NaN pixels): "
+                                            "skip (list it in OUT.skipped.csv) | fail (stop)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
-    """Score cutouts and write a CSV ranked by lens (or class) probability."""
+    """Score cutouts and write a CSV ranked by score: the log-odds of lens (or of the predicted class)."""
     from .evaluate.predict import predict_catalog
 
-    path = predict_catalog(inputs, out, run=run, task=task, batch_size=batch_size, tta=tta, device=device,
-                           num_workers=num_workers, allow_pickle=allow_pickle,
-                           band_suffixes=[b.strip() for b in bands.split(",")] if bands else None,
-                           shard=_parse_shard(shard) if shard else None, progress=progress,
-                           prevalence=prevalence)
-    typer.echo(f"predictions written to {path}")
+    catalogue = predict_catalog(inputs, out, run=run, task=task, batch_size=batch_size, tta=tta, device=device,
+                                num_workers=num_workers, allow_pickle=allow_pickle,
+                                band_suffixes=[b.strip() for b in bands.split(",")] if bands else None,
+                                shard=_parse_shard(shard) if shard else None, progress=progress,
+                                prevalence=prevalence, on_bad=on_bad)
+    typer.echo(f"predictions written to {catalogue.path} ({catalogue.scored} cutout(s) scored)")
+    if catalogue.skipped:
+        typer.secho(f"{len(catalogue.skipped)} cutout(s) skipped, listed with the reason in {catalogue.skipped_path}",
+                    err=True, fg=typer.colors.YELLOW)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
