@@ -44,3 +44,16 @@ def test_every_registered_model_trains_and_exposes_features(name):
     assert logits.shape == (4, 2)
     logits.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_takes_150_pixel_images_or_refuses_them_clearly(name):
+    # The DeepLense 150 x 150 sets (Model I, Common Test I): a model either classifies them or says why not.
+    try:
+        model = create_model(name, 1, 3, image_size=150)
+    except ValueError as err:
+        assert "150" in str(err)
+        return
+    model.eval()
+    logits = model(torch.randn(2, 1, 150, 150))
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
