@@ -54,9 +54,11 @@ def lensfinding(
     batch_size: int = typer.Option(256),
     device: str = typer.Option("cpu"),
     workers: int = typer.Option(1, help=WORKERS_HELP),
+    confusers: str = typer.Option("all", help="confuser families to draw, comma-separated (all; -NAME leaves one "
+                                  "out, e.g. all,-shells); the families are listed in the preset (_lensfinding.yaml)"),
 ) -> None:
     """Task 2: 3-band (g, r, i) lens / non-lens cutouts in nanomaggies; defaults: published counts."""
     counts = {"train_lenses": train_lenses, "train_nonlenses": train_nonlenses, "test_lenses": test_lenses,
               "test_nonlenses": test_nonlenses}
     _call(simulate_lensfinding, out_dir=out, preset=preset, counts=counts, seed=seed, batch_size=batch_size,
-          device=device, workers=workers)
+          device=device, workers=workers, confusers=confusers.split(","))

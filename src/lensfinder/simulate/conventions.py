@@ -84,15 +84,15 @@ def surface_brightness_to_pixel_flux(surface_brightness, pixel_scale_arcsec: flo
     return surface_brightness * (pixel_scale_arcsec / supersampling) ** 2
 
 
-def gaussian_kernel_1d(fwhm_arcsec: float, pixel_scale_arcsec: float,
-                       truncation_sigma: float) -> np.ndarray:
+def gaussian_kernel_1d(fwhm_arcsec, pixel_scale_arcsec: float, truncation_sigma: float) -> np.ndarray:
     """The normalised 1-D kernel of ``scipy.ndimage.gaussian_filter`` used by lenstronomy's
-    GAUSSIAN PSF: sigma in pixels, radius int(truncation * sigma + 0.5)."""
-    sigma_pix = fwhm_arcsec * FWHM_TO_SIGMA / pixel_scale_arcsec
-    radius = int(truncation_sigma * sigma_pix + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    kernel = np.exp(-0.5 * x**2 / sigma_pix**2)
-    return kernel / kernel.sum()
+    GAUSSIAN PSF: sigma in pixels, radius int(truncation * sigma + 0.5). For an array of FWHMs, one
+    kernel per entry (..., 2R + 1), each centred and zero-padded to the largest radius R."""
+    sigma_pix = np.asarray(fwhm_arcsec, dtype=np.float64) * FWHM_TO_SIGMA / pixel_scale_arcsec
+    radius = (truncation_sigma * sigma_pix + 0.5).astype(np.int64)
+    x = np.arange(-radius.max(), radius.max() + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * x**2 / sigma_pix[..., None] ** 2) * (np.abs(x) <= radius[..., None])
+    return kernel / kernel.sum(-1, keepdims=True)
 
 
 def pixel_grid_arcsec(num_pix: int, pixel_scale_arcsec: float, supersampling: int = 1):

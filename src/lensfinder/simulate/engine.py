@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from . import conventions as conv
-from . import kernels, physics, render
+from . import artefacts, kernels, physics, render
 from .presets import load_preset
 
 
@@ -221,15 +221,30 @@ class LensfindingSimulator(_Base):
         super().__init__(preset, device, dtype)
         self.band_names = list(preset["bands"])
         bands = [preset["bands"][b] for b in self.band_names]
-        self.kernels = self._kernels([b["seeing_arcsec"] for b in bands])
-        self.psf_sigma_arcsec = np.array([b["seeing_arcsec"] * conv.FWHM_TO_SIGMA for b in bands])
+        self.bands = bands
+        self.seeing_fwhm_arcsec = np.array([b["seeing_arcsec"] for b in bands])
+        self.kernels = self._kernels(self.seeing_fwhm_arcsec)
+        self.psf_sigma_arcsec = self.seeing_fwhm_arcsec * conv.FWHM_TO_SIGMA
         self.cps_per_nmgy = np.array([physics.cps_per_nanomaggy(b["magnitude_zero_point"]) for b in bands])
         self.t_total_s = np.array([b["exposure_time_s"] * b["num_exposures"] for b in bands])
-        self.bkg_sigma_cps = np.array([physics.background_sigma_cps(
-            read_noise_e=preset["read_noise_e"], exposure_time_s=b["exposure_time_s"],
-            num_exposures=b["num_exposures"], sky_brightness_mag=b["sky_brightness_mag"],
-            magnitude_zero_point=b["magnitude_zero_point"], pixel_scale_arcsec=self.pixel_scale_arcsec)
-            for b in bands])
+        self.bkg_sigma_cps = self.observing([{}])["bkg_sigma_cps"][0]
+
+    def observing(self, params: list[dict]) -> dict[str, np.ndarray]:
+        """Per-object, per-band observing conditions (B, C) from each object's seeing_scale, depth_mag and
+        sky_mag (absent: the preset's nominal survey): PSF sigma (arcsec), total exposure (s), background
+        sigma (counts/s) and the sky sigma in nanomaggies. Depth: exposure time x 10^(0.8 depth_mag), so a
+        background-limited 5-sigma depth moves by depth_mag."""
+        scale = np.array([p.get("seeing_scale", 1.0) for p in params])[:, None]
+        exposure = np.array([b["exposure_time_s"] for b in self.bands])[None] * 10.0 ** (
+            0.8 * np.array([p.get("depth_mag", 0.0) for p in params]))[:, None]
+        sky = np.array([b["sky_brightness_mag"] for b in self.bands])[None] + np.array([p.get("sky_mag", 0.0) for p in params])[:, None]
+        n_exp = np.array([b["num_exposures"] for b in self.bands])[None]
+        zp = np.array([b["magnitude_zero_point"] for b in self.bands])[None]
+        t_tot = exposure * n_exp
+        sky_cps = 10.0 ** (-0.4 * (sky - zp)) * self.pixel_scale_arcsec ** 2
+        bkg = np.sqrt(n_exp * self.preset["read_noise_e"] ** 2 + t_tot * sky_cps) / t_tot  # physics.background_sigma_cps
+        return {"psf_sigma_arcsec": self.psf_sigma_arcsec[None] * scale, "seeing_scale": scale[:, 0],
+                "t_total_s": t_tot, "bkg_sigma_cps": bkg, "sky_sigma_nmgy": bkg / self.cps_per_nmgy[None]}
 
     def _slots(self, params: list[dict], key: str, kind: str) -> dict | None:
         """Stack per-object slot lists into (B, K) caustics-convention tensors, padding with
@@ -257,25 +272,31 @@ class LensfindingSimulator(_Base):
 
     # -------------------------------------------------------------- fast batched rendering
     def _setup_fast_path(self) -> None:
-        """Flat grid (P,) and the PSF as one (n, n) matrix per band: a separable Gaussian with
-        edge replication (scipy mode "nearest") is linear, so image -> K @ image @ K^T exactly, and
-        two fixed-shape matrix products per band replace 2 x 17 shifted passes. Each product's
-        reduction runs over one image row or column of fixed length, so the bytes do not depend on
-        the batch size (tests/test_simulate_writer.py checks this)."""
+        """Flat grid (P,) and pixel area. The PSF is applied as one (n, n) matrix per band and object:
+        a separable Gaussian with edge replication (scipy mode "nearest") is linear, so
+        image -> K @ image @ K^T exactly (see ``_psf_matrices``); each product's reduction runs over one
+        image row or column of fixed length, so the bytes do not depend on the batch size
+        (tests/test_simulate_writer.py checks this)."""
         self._gx = self.x.reshape(-1).contiguous()
         self._gy = self.y.reshape(-1).contiguous()
-        n = self.num_pix
-        kern = self.kernels.cpu().double().numpy()
-        r = kern.shape[1] // 2
-        mats = np.zeros((len(kern), n, n))
-        rows = np.arange(n)
-        for t in range(kern.shape[1]):
-            cols = np.clip(rows + t - r, 0, n - 1)
-            for c in range(len(kern)):
-                np.add.at(mats[c], (rows, cols), kern[c, t])
-        self._psf = self._t(mats)                       # (C, n, n): out = K @ img @ K^T
-        self._psf_t = self._psf.transpose(1, 2).contiguous()
         self._area = (self.pixel_scale_arcsec / self.supersampling) ** 2
+
+    def _psf_matrix(self, seeing_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, K^T), each (C, n, n), with K @ image @ K^T = every band's truncated-Gaussian PSF at the
+        band's FWHM times `seeing_scale` (cached: the population draws scales on a grid)."""
+        cache = self.__dict__.setdefault("_psf_cache", {})
+        if seeing_scale not in cache:
+            n = self.num_pix
+            kern = conv.gaussian_kernel_1d(self.seeing_fwhm_arcsec * seeing_scale, self.pixel_scale_arcsec,
+                                           self.preset["psf_truncation_sigma"])             # (C, 2r + 1)
+            r = kern.shape[-1] // 2
+            rows = np.arange(n)
+            mats = np.zeros((len(kern), n, n))
+            for t in range(kern.shape[-1]):  # within one tap every (row, column) pair is distinct
+                mats[:, rows, np.clip(rows + t - r, 0, n - 1)] += kern[:, t, None]
+            psf = self._t(mats)
+            cache[seeing_scale] = (psf, psf.transpose(1, 2).contiguous())
+        return cache[seeing_scale]
 
     def _sersic_table(self, params: list[dict], key: str, objects=None):
         """Slots of ``key`` of each object, rank-major (every object's first slot, then every
@@ -348,16 +369,23 @@ class LensfindingSimulator(_Base):
                 if s0 < s1:
                     out.index_add_(1, index[s0:s1], ff[:, s0 - r0:s1 - r0])
 
-    def _psf_apply(self, flux: torch.Tensor) -> torch.Tensor:
-        """(C, B, h, w) padded-grid pixel fluxes -> cropped, downsampled, PSF-convolved (C, B, n, n)
-        (band-major, so that each band is one contiguous stack of images: one matrix product over
-        all rows, then one batched product over all columns)."""
+    def _psf_apply(self, flux: torch.Tensor, seeing_scales: np.ndarray) -> torch.Tensor:
+        """(C, B, h, w) padded-grid pixel fluxes -> cropped, downsampled, PSF-convolved (C, B, n, n), each
+        object at its own seeing: per seeing scale and band, one matrix product over all rows of those
+        objects, then one batched product over their columns (band-major, contiguous stacks)."""
         img = render.downsample_sum(flux[..., :self._n, :self._n], self.supersampling).contiguous()
         out = torch.empty_like(img)
         n = self.num_pix
-        for c in range(img.shape[0]):
-            z = torch.matmul(img[c].view(-1, n), self._psf_t[c]).view(-1, n, n)
-            torch.matmul(self._psf[c], z, out=out[c])
+        for scale in np.unique(seeing_scales):
+            idx = np.flatnonzero(seeing_scales == scale)
+            psf, psf_t = self._psf_matrix(float(scale))
+            sel = torch.as_tensor(idx, device=self.device)
+            part = img.index_select(1, sel) if len(idx) < img.shape[1] else img
+            res = torch.empty_like(part)
+            for c in range(img.shape[0]):
+                z = torch.matmul(part[c].reshape(-1, n), psf_t[c]).view(-1, n, n)
+                torch.matmul(psf[c], z, out=res[c])
+            out.index_copy_(1, sel, res)
         return out
 
     def render(self, params: list[dict]) -> dict[str, torch.Tensor]:
@@ -368,6 +396,7 @@ class LensfindingSimulator(_Base):
         b, c = len(params), len(self.band_names)
         h = self.x.shape[0]
         npix = h * h
+        obs = self.observing(params)
         lensed = [i for i, p in enumerate(params) if p["sources"]]
         # one buffer: the model of every object, then the lensed source alone of each lens
         buf = torch.zeros((c, b + len(lensed), npix), dtype=self.dtype, device=self.device)
@@ -401,70 +430,50 @@ class LensfindingSimulator(_Base):
                 self._sersic_into(src, table, bx.index_select(0, rows), by.index_select(0, rows))
             index = torch.as_tensor(lensed, device=self.device)
             model.index_add_(1, index, src)
-            both = self._psf_apply(buf.view(c, -1, h, h))
+            both = self._psf_apply(buf.view(c, -1, h, h), np.concatenate([obs["seeing_scale"], obs["seeing_scale"][lensed]]))
             out, src_conv = both[:, :b], both[:, b:]
             source.index_copy_(0, index, src_conv.transpose(0, 1))
             src_pix = render.downsample_sum(src.reshape(c, -1, h, h)[..., :self._n, :self._n], self.supersampling)
             source_flux.index_copy_(0, index, src_pix.sum(dim=(-1, -2)).T)
         else:
-            out = self._psf_apply(buf.view(c, b, h, h))
+            out = self._psf_apply(buf.view(c, b, h, h), obs["seeing_scale"])
+        sigma = self._t(obs["psf_sigma_arcsec"])
         if any(p["stars"] for p in params):
-            self._add_stars(out, params)
+            self._add_points(out, params, "stars", sigma)
+        if any(p.get("points") for p in params):  # lensed quasar images: in the model and in the lensed light
+            points = torch.zeros_like(out)
+            self._add_points(points, params, "points", sigma)
+            out += points
+            source += points.transpose(0, 1)
         return {"model": out.transpose(0, 1).contiguous(), "source": source, "source_flux": source_flux}
 
-    def _add_stars(self, out: torch.Tensor, params: list[dict]) -> None:
-        """Add stars (see ``_stars``) to out (C, B, n, n) in place, star rank by star rank; each
-        star's Gaussian is separable: (C, n) along y times (C, n) along x (a multiple of 32
-        values per star, so vectorised exp has no loop tail whatever the number of stars)."""
-        if not hasattr(self, "_star_consts"):
-            sigma = self._t(self.psf_sigma_arcsec)[:, None]
-            self._star_consts = (self._t(self.axis), sigma,
-                                 sigma * math.sqrt(2 * math.pi) / self.pixel_scale_arcsec)
-        axis, sigma, norm = self._star_consts
-        depth = max(len(p["stars"]) for p in params)
+    def _add_points(self, out: torch.Tensor, params: list[dict], key: str, sigma: torch.Tensor) -> None:
+        """Add point sources (stars, or lensed quasar images) of each object's list `key` to out (C, B, n, n)
+        in place, rank by rank: a Gaussian PSF of the object's per-band sigma (B, C) arcsec, sampled at
+        pixel centres and normalised analytically (one near the edge loses what falls outside); each is
+        separable, (C, n) along y times (C, n) along x."""
+        axis = self._t(self.axis)
+        depth = max(len(p.get(key, ())) for p in params)
         for j in range(depth):
-            idx = [i for i, p in enumerate(params) if len(p["stars"]) > j]
-            stars = [params[i]["stars"][j] for i in idx]
-            pos = self._t([[st["x"], st["y"]] for st in stars])          # (S, 2)
-            flux = self._t(np.stack([st["flux"] for st in stars]))       # (S, C)
-            d = (axis - pos[:, :, None, None]) / sigma                   # (S, 2, C, n)
-            g = d.mul_(d).mul_(-0.5).exp_().div_(norm)
+            idx = [i for i, p in enumerate(params) if len(p.get(key, ())) > j]
+            pts = [params[i][key][j] for i in idx]
+            pos = self._t([[st["x"], st["y"]] for st in pts])           # (S, 2)
+            flux = self._t(np.stack([st["flux"] for st in pts]))        # (S, C)
+            sig = sigma[idx][:, None, :, None]                          # (S, 1, C, 1)
+            d = (axis - pos[:, :, None, None]) / sig                     # (S, 2, C, n)
+            g = d.mul_(d).mul_(-0.5).exp_().div_(sig * math.sqrt(2 * math.pi) / self.pixel_scale_arcsec)
             g.masked_fill_(g < 1e-15, 0.0)  # no subnormal products in the outer product below
             img = torch.matmul((g[:, 1] * flux[:, :, None])[..., None], g[:, 0, :, None, :])  # outer products
             out.index_add_(1, torch.as_tensor(idx, device=self.device), img.transpose(0, 1))
 
-    def _stars(self, stars: list[dict]) -> np.ndarray:
-        """Stars (C, H, W): Gaussian PSF sampled at pixel centres, normalised analytically (a star
-        well inside sums to its flux; one near the edge loses what falls outside)."""
-        out = np.zeros((len(self.band_names), self.num_pix, self.num_pix))
-        sigma = self.psf_sigma_arcsec[:, None]
-        norm = sigma * np.sqrt(2 * np.pi) / self.pixel_scale_arcsec
-        for star in stars:
-            gx = np.exp(-0.5 * ((self.axis - star["x"]) / sigma) ** 2) / norm
-            gy = np.exp(-0.5 * ((self.axis - star["y"]) / sigma) ** 2) / norm
-            out += star["flux"][:, None, None] * gy[:, :, None] * gx[:, None, :]
-        return out
-
-    def sigma_nmgy(self, model: np.ndarray) -> np.ndarray:
-        """Per-pixel noise sigma (C, H, W) in nanomaggies for a model (C, H, W) in nanomaggies."""
-        cps = model * self.cps_per_nmgy[:, None, None]
-        var = self.bkg_sigma_cps[:, None, None] ** 2 + np.clip(cps, 0, None) / self.t_total_s[:, None, None]
-        return np.sqrt(var) / self.cps_per_nmgy[:, None, None]
-
-    def arc_snr(self, source: np.ndarray, model: np.ndarray) -> float:
-        """Matched-filter S/N of the PSF-convolved lensed light alone, best band."""
-        snr = np.sqrt(((source / self.sigma_nmgy(model)) ** 2).sum(axis=(-1, -2)))
-        return float(snr.max())
-
-    def noisy_batch(self, model: torch.Tensor, source: torch.Tensor | None, is_lens, noise_rngs):
-        """Noisy images (B, C, H, W) float32 (numpy) and arc S/N (B,) (0 for non-lenses) for a
-        rendered batch, in float32 on the batch at once: element-wise exact operations only, and
-        each object's Gaussian draws from its own generator, so the bytes do not depend on the
-        batch size."""
-        if not hasattr(self, "_noise_consts"):
-            f = lambda a: torch.as_tensor(a, dtype=torch.float32)[:, None, None]  # noqa: E731
-            self._noise_consts = (f(self.cps_per_nmgy), f(self.bkg_sigma_cps ** 2), f(self.t_total_s))
-        cps, bkg2, t = self._noise_consts
+    def noisy_batch(self, model: torch.Tensor, source: torch.Tensor | None, is_lens, noise_rngs, params: list[dict]):
+        """Noisy images (B, C, H, W) float32 (numpy) and arc S/N (B,) (0 for non-lenses) for a rendered
+        batch, at each object's own depth and sky, in float32 on the batch at once: element-wise exact
+        operations only, and each object's Gaussian draws from its own generator, so the bytes do not
+        depend on the batch size. Then each object's artefacts are drawn in (``artefacts.apply``)."""
+        obs = self.observing(params)
+        f = lambda a: torch.as_tensor(a, dtype=torch.float32)[..., None, None]  # noqa: E731
+        cps, bkg2, t = f(self.cps_per_nmgy), f(obs["bkg_sigma_cps"] ** 2), f(obs["t_total_s"])
         model = model.detach().to("cpu", torch.float32)
         sigma = model.mul(cps).clamp_(min=0.0).div_(t).add_(bkg2).sqrt_().div_(cps)
         shape = tuple(model.shape[1:])
@@ -475,7 +484,7 @@ class LensfindingSimulator(_Base):
         for i, rng in enumerate(noise_rngs):
             gen.manual_seed(int(rng.integers(2**63)))
             torch.randn(shape, generator=gen, out=draws[i])
-        images = draws.mul_(sigma).add_(model)
+        images = draws.mul_(sigma).add_(model).numpy()
         snr = np.zeros(model.shape[0])
         lens = np.flatnonzero(is_lens)
         if len(lens):
@@ -483,8 +492,9 @@ class LensfindingSimulator(_Base):
             src = source.detach().to("cpu", torch.float32).index_select(0, idx)
             ratio = src.div_(sigma.index_select(0, idx))
             snr[lens] = ratio.mul_(ratio).sum(dim=(-1, -2)).double().sqrt().amax(dim=-1).numpy()
-        return images.numpy(), snr
-
-    def add_noise(self, model: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Sky, read and (Gaussian-approximated) Poisson noise, as lenstronomy's SimAPI."""
-        return model + rng.standard_normal(model.shape) * self.sigma_nmgy(model)
+        for i, p in enumerate(params):
+            if p.get("artefacts"):
+                images[i] = artefacts.apply(images[i], p["artefacts"], sky_sigma_nmgy=obs["sky_sigma_nmgy"][i],
+                                            psf_sigma_arcsec=obs["psf_sigma_arcsec"][i],
+                                            pixel_scale_arcsec=self.pixel_scale_arcsec)
+        return images, snr

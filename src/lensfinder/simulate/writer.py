@@ -40,7 +40,8 @@ LENSFINDING_COLUMNS = [
     "magnification", "arc_snr", "deflector_mag_i", "deflector_type", "confuser_kind", "n_neighbours", "n_stars",
     "shear_gamma1", "shear_gamma2", "shear_gamma", "deflector_q", "deflector_r_eff_arcsec", "mass_q",
     "deflector_x_arcsec", "deflector_y_arcsec", "source_x_arcsec", "source_y_arcsec", "source_offset_theta_e",
-    "source_r_eff_arcsec", "n_clumps"]
+    "source_r_eff_arcsec", "n_clumps", "source_kind", "n_images", "seeing_scale", "depth_mag", "sky_mag",
+    "artefact_kinds"]
 
 
 # ----------------------------------------------------------------------------- validation
@@ -352,11 +353,13 @@ class _LensfindingRenderer(_Renderer):
 
 
 def simulate_lensfinding(out_dir, *, preset: str = "lsst-gri", counts: dict[str, int] | None = None, seed: int = 0,
-                         batch_size: int = 256, device: str = "cpu", progress: bool = True, workers: int = 1) -> Path:
+                         batch_size: int = 256, device: str = "cpu", progress: bool = True, workers: int = 1,
+                         confusers: list[str] | None = None) -> Path:
     """Simulate a Task-2 set: ``out_dir/{train,test}_{lenses,nonlenses}/<id>.npy`` float32 (3, 64, 64)
     in nanomaggies (g, r, i), plus manifest.csv and simulation.yaml. ``counts=None`` gives the
-    published counts (1730 / 28675 / 195 / 19455). ``workers`` as for `simulate_substructure`."""
-    cfg = load_preset(preset, task="lensfinding")
+    published counts (1730 / 28675 / 195 / 19455). ``workers`` as for `simulate_substructure`.
+    ``confusers`` chooses the confuser families (`population.select_confusers`; None: all of them)."""
+    cfg = pop.select_confusers(load_preset(preset, task="lensfinding"), confusers)
     counts = _check_counts(dict(PUBLISHED_LENSFINDING_COUNTS) if counts is None else counts, LENSFINDING_FOLDERS)
     batch_size = _check_positive("batch_size", batch_size)
     workers = _check_positive("workers", workers)
@@ -371,7 +374,8 @@ def simulate_lensfinding(out_dir, *, preset: str = "lsst-gri", counts: dict[str,
             jobs.append({"id": obj_id, "rel": f"{folder}/{obj_id}.npy", "split": split, "label": label,
                          "folder": folder, "index": i, "group": folder})
     chunk = batch_size if sim.device.type != "cpu" else 32
-    config = {"task": "lensfinding", "preset": preset, "seed": seed, "options": {},
+    config = {"task": "lensfinding", "preset": preset, "seed": seed,
+              "options": {"confusers": pop.confuser_families(cfg)},
               "counts": counts, "bands": list(sim.band_names), "units": "nanomaggies (AB zero point 22.5)"}
     return _run(out_dir, jobs, columns=LENSFINDING_COLUMNS, config=config, batch_size=batch_size, chunk=chunk,
                 progress=progress, render_batch=render, description=f"simulate {preset}",
@@ -383,7 +387,7 @@ def lensfinding_rows(sim: LensfindingSimulator, params: list[dict], out: dict, n
     values come from each object's own generator; the arithmetic is element-wise over the batch
     (exact IEEE operations, so the same bytes whatever the batch size)."""
     is_lens = np.array([p["theta_e_arcsec"] > 0 for p in params], dtype=bool)
-    images, snr = sim.noisy_batch(out["model"], out["source"], is_lens, noise_rngs)
+    images, snr = sim.noisy_batch(out["model"], out["source"], is_lens, noise_rngs, params)
     flux_i = out["source_flux"][:, -1].cpu().numpy().astype(np.float64)
     rows = []
     for k, p in enumerate(params):
