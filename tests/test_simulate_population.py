@@ -110,12 +110,16 @@ def test_dust_lane_removes_light_along_an_edge_on_host():
 def test_select_confusers_leaves_families_out_and_refuses_unknown_names():
     cfg = load_preset("lsst-gri")
     families = pop.confuser_families(cfg)
-    without = pop.select_confusers(cfg, ["all", "-shells"])
-    assert pop.confuser_families(without) == [f for f in families if f != "shells"]
-    assert pop.confuser_families(pop.select_confusers(cfg, ["-shells"])) == pop.confuser_families(without)
-    assert pop.confuser_families(pop.select_confusers(cfg, ["chain", "merger"])) == [f for f in families if f in ("chain", "merger")]
-    kinds = {p["confuser_kind"] for p in _sample(1500, False, cfg=without)}
-    assert "shells" not in kinds and len(kinds) == len(families)  # '' (no confuser) plus the other families
+    assert families[-len(cfg["artefacts"]):] == list(cfg["artefacts"])  # artefact kinds are families too
+    without = pop.select_confusers(cfg, ["all", "-shells", "-bright_star"])
+    assert pop.confuser_families(without) == [f for f in families if f not in ("shells", "bright_star")]
+    assert pop.confuser_families(pop.select_confusers(cfg, ["-shells", "-bright_star"])) == pop.confuser_families(without)
+    assert pop.confuser_families(pop.select_confusers(cfg, ["chain", "merger"])) == ["merger", "chain"]
+    params = _sample(1500, False, cfg=without)
+    kinds = {p["confuser_kind"] for p in params}
+    assert "shells" not in kinds and len(kinds) == len(cfg["confusers"])  # '' (no confuser) plus the other families
+    assert not any("bright_star" in p["artefact_kinds"] for p in params)
+    assert any("cosmic_ray" in p["artefact_kinds"] for p in params)
     with pytest.raises(ValueError, match="unknown confuser family shell; known: resonance_ring"):
         pop.select_confusers(cfg, ["shell"])
 

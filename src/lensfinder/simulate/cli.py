@@ -54,8 +54,8 @@ def lensfinding(
     batch_size: int = typer.Option(256),
     device: str = typer.Option("cpu"),
     workers: int = typer.Option(1, help=WORKERS_HELP),
-    confusers: str = typer.Option("all", help="confuser families to draw, comma-separated (all; -NAME leaves one "
-                                  "out, e.g. all,-shells); the families are listed in the preset (_lensfinding.yaml)"),
+    confusers: str = typer.Option("all", help="confuser families and artefact kinds to draw, comma-separated (all; "
+                                  "-NAME leaves one out, e.g. all,-shells,-cosmic_ray); listed in presets/_lensfinding.yaml"),
 ) -> None:
     """Task 2: 3-band (g, r, i) lens / non-lens cutouts in nanomaggies; defaults: published counts."""
     counts = {"train_lenses": train_lenses, "train_nonlenses": train_nonlenses, "test_lenses": test_lenses,

@@ -336,14 +336,15 @@ def _quasar(rng, pop: dict, lens: dict, gx: float, gy: float) -> tuple[list, lis
 
 
 def confuser_families(preset: dict) -> list[str]:
-    """The confuser families a lens-finding preset draws, in preset order."""
-    return list(preset["confusers"])
+    """The look-alike families a lens-finding preset draws, in preset order: the confuser families, then
+    the artefact kinds."""
+    return list(preset["confusers"]) + list(preset.get("artefacts", {}))
 
 
 def select_confusers(preset: dict, spec: list[str] | None) -> dict:
-    """The preset with only the chosen confuser families: `spec` lists family names, or ``all``, and
-    names prefixed with ``-`` leave a family out (``["all", "-shells"]``, or just ``["-shells"]``).
-    None keeps every family. Unknown names raise ValueError listing the known ones."""
+    """The preset with only the chosen families (confuser families and artefact kinds alike): `spec`
+    lists names, or ``all``, and names prefixed with ``-`` leave a family out (``["all", "-shells"]``, or
+    just ``["-shells"]``). None keeps every family. Unknown names raise ValueError listing the known ones."""
     if spec is None:
         return preset
     known = confuser_families(preset)
@@ -357,6 +358,7 @@ def select_confusers(preset: dict, spec: list[str] | None) -> dict:
     chosen -= {n[1:] for n in names if n.startswith("-")}
     out = dict(preset)
     out["confusers"] = {k: v for k, v in preset["confusers"].items() if k in chosen}
+    out["artefacts"] = {k: v for k, v in preset.get("artefacts", {}).items() if k in chosen}
     return out
 
 
