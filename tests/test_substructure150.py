@@ -136,3 +136,14 @@ def test_shipped_substructure_weights_cover_each_deeplense_resolution():
     assert shipped_for_inputs("substructure", []).name == "substructure.safetensors"  # 64 x 64 Model III
     sizes = {e["size"] for e in shipped_catalog() if e["task"] == "substructure"}
     assert 64 in sizes
+
+
+def test_unpooled_resnet_pool_s_is_resnet_s():
+    # The substructure default at every size: at 64 px it must stay the network the shipped Model III weights use.
+    torch.manual_seed(0)
+    reference = create_model("resnet-s", 1, 3, image_size=64).eval()
+    torch.manual_seed(0)
+    pooled = create_model("resnet-pool-s", 1, 3, image_size=64).eval()
+    assert {k: v.shape for k, v in reference.state_dict().items()} == {k: v.shape for k, v in pooled.state_dict().items()}
+    x = torch.randn(3, 1, 64, 64)
+    torch.testing.assert_close(pooled(x), reference(x))

@@ -5,7 +5,8 @@ k x k pixel blocks before any convolution (`area_factor` k) is an exact anti-ali
 downsampling, lifts the per-pixel signal-to-noise by k, and cuts the compute of everything after it by
 k^2; the strided 5x5 stem of `resnet-s` instead aliases the noise and spends most of its time at full
 resolution. The factor follows the image size (k = max(1, round(image_size / 75))), so a 64 x 64 input
-is not pooled and the same name works at every DeepLense resolution.
+is not pooled and the same name works at every DeepLense resolution: unpooled, it is `resnet-s` exactly (same
+layers, parameter names and initialisation), so it is the substructure default at every size.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ class PooledResNet(nn.Module):
         super().__init__()
         self.area_factor = area_factor(image_size)
         self.pool_in = nn.AvgPool2d(self.area_factor) if self.area_factor > 1 else nn.Identity()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 3, stem_stride, 1, bias=False),
+        # Unpooled (k = 1) the stem is resnet-s's 5x5, so at 64 px this network is resnet-s, layer for layer.
+        kernel = 5 if self.area_factor == 1 else 3
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, kernel, stem_stride, kernel // 2, bias=False),
                                   nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
         self.stages, channels = residual_stages(BasicBlock, stem_width, widths, blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -57,7 +60,7 @@ class PooledResNet(nn.Module):
         return self.head(self.forward_features(x))
 
 
-@register_model("resnet-pool-s", "Area-average stem (150 px -> 75), 3x3 stem, widths 16-32-64-128 (~0.31 M parameters)")
+@register_model("resnet-pool-s", "resnet-s with an area-average stem: 150 px averaged to 75, then a 3x3 stem; at 64 px resnet-s")
 def resnet_pool_s(in_channels: int, num_classes: int, image_size: int = 64) -> PooledResNet:
     return PooledResNet(in_channels, num_classes, image_size=image_size, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1),
                         stem_width=16, stem_stride=2)
