@@ -68,29 +68,31 @@ def test_split_is_recorded(tmp_path, lensfinding_root):
     assert record["val_files"][0].startswith("train_")
 
 
-@pytest.mark.parametrize("array, shape", [
-    (np.ones((8, 8)), (1, 8, 8)),
-    (np.ones((1, 8, 8), np.float64), (1, 8, 8)),
-    (np.ones((3, 8, 8), np.int16), (3, 8, 8)),
-    (np.ones(64), (1, 8, 8)),
+@pytest.mark.parametrize("array, expected", [
+    (np.array([[1.5, -2.0], [0.0, 3.0]]), [[[1.5, -2.0], [0.0, 3.0]]]),
+    (np.array([[[7.0, 8.0], [9.0, 10.0]]]), [[[7.0, 8.0], [9.0, 10.0]]]),
+    (np.array([[[1, 2], [3, 4]], [[-5, 6], [7, 8]]], np.int16), [[[1, 2], [3, 4]], [[-5, 6], [7, 8]]]),
+    (np.array([0.0, 1.0, 2.0, 3.0]), [[[0.0, 1.0], [2.0, 3.0]]]),  # a flat square vector, row by row
+    (np.array([[255, 0]], np.uint8), [[[255.0, 0.0]]]),
 ])
-def test_accepted_shapes(array, shape):
+def test_accepted_shapes(array, expected):
     out = as_chw(array, "x.npy")
-    assert out.shape == shape and out.dtype == np.float32
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.array(expected, np.float32))
 
 
 def test_object_array_of_rows_and_axion_variant(tmp_path):
     rows = np.empty(4, dtype=object)
     for i in range(4):
         rows[i] = np.arange(4.0) + i
-    assert as_chw(rows, "rows.npy").shape == (1, 4, 4)
+    np.testing.assert_array_equal(as_chw(rows, "rows.npy"), [[[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6]]])
     axion = np.empty(2, dtype=object)
     axion[0], axion[1] = np.ones((6, 6)), 3e-23
     path = tmp_path / "vort_0.npy"
     np.save(path, axion, allow_pickle=True)
     with pytest.raises(InputError, match=r"vort_0\.npy.*--allow-pickle"):
         load_npy(path)
-    assert as_chw(load_npy(path, allow_pickle=True), path).shape == (1, 6, 6)
+    np.testing.assert_array_equal(as_chw(load_npy(path, allow_pickle=True), path), np.ones((1, 6, 6)))  # m_a dropped
 
 
 @pytest.mark.parametrize("array, message", [
@@ -99,6 +101,8 @@ def test_object_array_of_rows_and_axion_variant(tmp_path):
     (np.ones((64, 64, 3)), "channels last"),
     (np.array([[np.nan, 1.0], [1.0, np.inf]]), "2 pixel"),
     (np.array([["a", "b"]]), "numeric"),
+    (np.ones((3, 0, 8)), r"empty shape \(3, 0, 8\)"),
+    (np.array([[1e39, 1.0]]), "1 pixel.*exceed the float32 range"),
 ])
 def test_refused_arrays_name_the_file(array, message):
     with pytest.raises(InputError, match=message) as info:
