@@ -147,3 +147,19 @@ def test_unpooled_resnet_pool_s_is_resnet_s():
     assert {k: v.shape for k, v in reference.state_dict().items()} == {k: v.shape for k, v in pooled.state_dict().items()}
     x = torch.randn(3, 1, 64, 64)
     torch.testing.assert_close(pooled(x), reference(x))
+
+
+def test_predict_cli_refuses_a_preset_whose_weights_do_not_take_the_files(tmp_path):
+    from typer.testing import CliRunner
+
+    from lensfinder.cli import app
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        np.save(images / f"{i}.npy", np.random.default_rng(i).random((1, 150, 150)))
+    result = CliRunner().invoke(app, ["predict", str(images), "--out", str(tmp_path / "out.csv"), "--task",
+                                      "substructure", "--preset", "deeplense-model-iii"])
+    assert result.exit_code != 0 and not (tmp_path / "out.csv").exists()
+    assert isinstance(result.exception, InputError)
+    assert "preset deeplense-model-iii" in str(result.exception) and "substructure.safetensors" in str(result.exception)

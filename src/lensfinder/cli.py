@@ -133,13 +133,18 @@ def predict(
     bands: Optional[str] = typer.Option(None, help="one FITS file per band: comma-separated band suffixes, e.g. g,r,i"),
     shard: Optional[str] = typer.Option(None, help="K/N: score only every N-th object from K (one job of N on a cluster)"),
     prevalence: Optional[float] = typer.Option(None, help="lens finding: express probabilities for this lens fraction, e.g. 0.001"),
+    preset: Optional[str] = typer.Option(None, help="with --task: the shipped weights trained on this simulator preset "
+                                                    "(default: those whose input size and channels match the files)"),
     on_bad: str = typer.Option("skip", help="a cutout that cannot be scored (unreadable, wrong shape, NaN pixels): "
                                             "skip (list it in OUT.skipped.csv) | fail (stop)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Score cutouts and write a CSV ranked by score: the log-odds of lens (or of the predicted class)."""
     from .evaluate.predict import predict_catalog
+    from .evaluate.shipped import shipped_for_inputs
 
+    if run is None and task is not None:  # the shipped weights that take these files (or were trained on --preset)
+        run = shipped_for_inputs(task, inputs, preset=preset)
     catalogue = predict_catalog(inputs, out, run=run, task=task, batch_size=batch_size, tta=tta, device=device,
                                 num_workers=num_workers, allow_pickle=allow_pickle,
                                 band_suffixes=[b.strip() for b in bands.split(",")] if bands else None,
