@@ -1,4 +1,4 @@
-"""End to end on tiny data: train one epoch, evaluate, predict; resume; the CLI once."""
+"""End to end on tiny data: train, evaluate, predict; the stream; calibration; the CLI once (resume: test_resume.py)."""
 
 import csv
 import os
@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
+from lensfinder import metrics as M
 from lensfinder.config import TrainConfig
+from lensfinder.data.layouts import discover
 from lensfinder.evaluate.evaluate import evaluate
+from lensfinder.evaluate.inference import predict_logits_array
 from lensfinder.evaluate.predict import predict_catalog
 from lensfinder.train.run import Run, load_model, train
 from lensfinder.validation import InputError
@@ -23,7 +26,7 @@ def _config(task, data, out, **overrides):
     return TrainConfig(**values)
 
 
-def test_substructure_round_trip(tmp_path, substructure_root):
+def test_substructure_round_trip(tmp_path, substructure_root, monkeypatch):
     run = train(_config("substructure", substructure_root, tmp_path / "run", model="report-cnn4"))
     for name in ("config.yaml", "normalization.json", "history.csv", "model.safetensors", "checkpoints/best.ckpt",
                  "checkpoints/last.ckpt", "figures/history.png"):
@@ -39,14 +42,25 @@ def test_substructure_round_trip(tmp_path, substructure_root):
 
     result = evaluate(run, substructure_root, split="test")
     assert result["n"] == 30 and set(result["auc_per_class"]) == {"no", "sphere", "vort"}
-    for key in ("auc_macro", "auc_micro", "auc_weighted", "accuracy", "ece"):
-        assert 0.0 <= result[key] <= 1.0
+    classes = ["no", "sphere", "vort"]
+    written = list(csv.DictReader(open(run.path / "predictions_test.csv")))
+    labels = np.array([classes.index(r["label"]) for r in written])
+    probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in written])
+    assert result["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == labels))
+    assert result["ece"] == pytest.approx(M.reliability(labels, probs)["ece"], abs=1e-5)
+    # One-vs-rest AUCs rank on the uncalibrated log-probabilities (a temperature can reorder a class across images).
+    images = np.stack([np.load(p) for p in discover(substructure_root, "substructure")["test"].paths])
+    raw = predict_logits_array(load_model(run.path), images, calibrated=False)
+    for c, name in enumerate(classes):
+        assert result["auc_per_class"][name] == pytest.approx(M.roc_auc(labels == c, raw[:, c]), abs=1e-12)
     assert result["classification_report"]["macro avg"]["support"] == 30
     saved = json.loads((run.path / "metrics.json").read_text())
     assert saved["test"]["auc_macro"] == pytest.approx(result["auc_macro"])
     for figure in ("roc_test", "confusion_test", "reliability_test", "samples", "predictions_test"):
         assert (run.path / "figures" / f"{figure}.png").stat().st_size > 1000
     assert "auc" in (run.path / "report.html").read_text().lower()
+
+    _check_multiclass_ranking_ignores_the_temperature(run, substructure_root, monkeypatch)
 
     out = predict_catalog([substructure_root / "test" / "vort"], tmp_path / "pred.csv", run=run.path)
     rows = list(csv.DictReader(open(out)))
@@ -55,7 +69,32 @@ def test_substructure_round_trip(tmp_path, substructure_root):
     assert confidence == sorted(confidence, reverse=True)
 
 
-def test_lensfinding_round_trip_learns_and_reports_survey_metrics(tmp_path, lensfinding_root):
+def _check_multiclass_ranking_ignores_the_temperature(run, root, monkeypatch):
+    """Hand-set log-probabilities and a temperature of 5: calibration reorders class 'no' across images (its AUC on
+    the calibrated probabilities differs), and evaluate's per-class AUCs are those of the uncalibrated scores."""
+    import lensfinder.evaluate.evaluate as evaluation
+
+    labels = discover(root, "substructure")["test"].labels
+    raw = np.log(np.random.default_rng(0).dirichlet([1, 1, 1], size=len(labels)))
+    cooled = np.exp(5 * raw) / np.exp(5 * raw).sum(1, keepdims=True)
+    real_load = evaluation.load_model
+
+    def with_temperature(path):
+        module = real_load(path)
+        module.hparams.calibration = {"scale": 5.0, "bias": 0.0, "fit_prevalence": [1 / 3] * 3}
+        return module
+
+    monkeypatch.setattr(evaluation, "load_model", with_temperature)
+    monkeypatch.setattr(evaluation, "predict_logits_array", lambda module, images, **kw: raw.copy())
+    result = evaluation.evaluate(run, root, split="test")
+    monkeypatch.undo()
+    assert M.roc_auc(labels == 0, cooled[:, 0]) != pytest.approx(M.roc_auc(labels == 0, raw[:, 0]), abs=0.01)
+    for c, name in enumerate(["no", "sphere", "vort"]):
+        assert result["auc_per_class"][name] == pytest.approx(M.roc_auc(labels == c, raw[:, c]), abs=1e-12)
+    assert result["accuracy"] == pytest.approx(np.mean(cooled.argmax(1) == labels))  # the calibrated probabilities
+
+
+def test_lensfinding_round_trip_learns_and_reports_survey_metrics(tmp_path, lensfinding_root, monkeypatch):
     run = train(_config("lensfinding", lensfinding_root, tmp_path / "run", model="report-cnn3", epochs=3))
     split = json.loads((run.path / "split.json").read_text())
     assert len(split["val_files"]) == 10 and split["seed"] == 0
@@ -63,13 +102,36 @@ def test_lensfinding_round_trip_learns_and_reports_survey_metrics(tmp_path, lens
     # Report class weights w_c = N / (2 N_c) on the 90 training images left after the split (72 non-lenses, 18 lenses).
     np.testing.assert_allclose(module.hparams.class_weights, [90 / (2 * 72), 90 / (2 * 18)])
 
+    # Thresholds are chosen once, on the validation split, when the run is trained.
+    record = json.loads((run.path / "thresholds.json").read_text())
+    assert record["chosen_on"] == "val" and record["n"] == 10 and record["n_lenses"] == 2
     result = evaluate(run, lensfinding_root)
-    for key in ("auc", "average_precision", "tpr0", "tpr10", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3"):
-        assert 0.0 <= result[key] <= 1.0
     assert result["auc"] > 0.8  # the toy lenses carry a bright blue ring: three epochs are enough
-    thresholds = json.loads((run.path / "thresholds.json").read_text())
-    assert set(thresholds) >= {"purity_0.9_at_1e-3", "false_per_million_100"}
+    written = list(csv.DictReader(open(run.path / "predictions_test.csv")))
+    is_lens = np.array([r["label"] == "lens" for r in written])
+    score = np.array([float(r["score"]) for r in written])
+    # The written score is the calibrated log-odds: an increasing affine map of the uncalibrated margin, so the
+    # ranking metrics evaluate reports (on the uncalibrated scores) are those of the catalogue's score.
+    images = np.stack([np.load(p) for p in discover(lensfinding_root, "lensfinding")["test"].paths])
+    raw = predict_logits_array(load_model(run.path), images, calibrated=False)
+    calibration = json.loads((run.path / "calibration.json").read_text())
+    assert calibration["scale"] > 0
+    np.testing.assert_allclose(score, calibration["scale"] * (raw[:, 1] - raw[:, 0]) + calibration["bias"], rtol=1e-12, atol=1e-12)
+    assert result["auc"] == pytest.approx(M.roc_auc(is_lens, score), abs=1e-12)
+    assert result["tpr10"] == M.tpr_before_false_positives(is_lens, score, 10)
+    assert result["average_precision"] == pytest.approx(M.average_precision(is_lens, score), abs=1e-12)
+    # ... applied to test, where the report shows what each cut does beside what it did on val.
+    for goal, chosen in record["thresholds"].items():
+        applied = result["thresholds"][goal]
+        assert applied["threshold"] == chosen["threshold"] and applied["val"]["completeness"] == chosen["completeness"]
+        if chosen["threshold"] is not None:
+            assert applied["test"]["completeness"] == pytest.approx(np.mean(score[is_lens] >= chosen["threshold"]))
+    evaluate(run, lensfinding_root, split="val")
+    assert json.loads((run.path / "thresholds.json").read_text()) == record  # never rewritten by evaluate
+    assert set(json.loads((run.path / "metrics.json").read_text())) == {"test", "val"}
+    assert "chosen on val, applied to test" in (run.path / "report.html").read_text()
     assert (run.path / "figures" / "pr_test.png").exists()
+    _check_saturated_scores_keep_their_order(run, lensfinding_root, monkeypatch)
 
     out = predict_catalog([lensfinding_root / "test_lenses", lensfinding_root / "test_nonlenses"], tmp_path / "c.csv", run=run.path)
     rows = list(csv.DictReader(open(out)))
@@ -85,38 +147,30 @@ def test_lensfinding_round_trip_learns_and_reports_survey_metrics(tmp_path, lens
         predict_catalog([lensfinding_root / "test_lenses"], tmp_path / "s.csv", run=run.path, shard=(3, 3))
 
 
-def test_resume_continues_from_last_checkpoint(tmp_path, substructure_root, monkeypatch):
-    from lightning.pytorch.callbacks import Callback
+def _check_saturated_scores_keep_their_order(run, root, monkeypatch):
+    """Hand-set margins where the probabilities of the top ten non-lenses and six lenses all round to 1.0: the score
+    keeps them apart, and TPR0/TPR10 are those of the score (on probabilities, all of them would be ties)."""
+    import lensfinder.evaluate.evaluate as evaluation
 
-    import lensfinder.train.run as run_module
+    labels = discover(root, "lensfinding")["test"].labels
+    margin = np.empty(len(labels))
+    lenses, nonlenses = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    margin[nonlenses] = np.r_[np.arange(38.0, 48.0), np.linspace(-10, -1, len(nonlenses) - 10)]
+    margin[lenses] = [50, 51, 52, 42.5, 43.5, 44.5, -20, -19, -18, -17]
+    raw = np.stack([-np.logaddexp(0, margin), -np.logaddexp(0, -margin)], axis=1)  # log-softmax of (0, margin)
+    assert np.all(np.exp(raw[margin > 30, 1]).astype(np.float32) == 1.0)
 
-    class Interrupt(Callback):
-        def on_train_epoch_start(self, trainer, module):
-            if trainer.current_epoch == 1:
-                raise RuntimeError("power cut")
-
-    real_get_trainer = run_module.get_trainer
-
-    def interrupted_trainer(*args, **kwargs):
-        trainer = real_get_trainer(*args, **kwargs)
-        trainer.callbacks.insert(0, Interrupt())
-        return trainer
-
-    out = tmp_path / "run"
-    monkeypatch.setattr(run_module, "get_trainer", interrupted_trainer)
-    with pytest.raises(RuntimeError, match="power cut"):
-        train(_config("substructure", substructure_root, out, epochs=2, model="resnet-s", scheduler="onecycle"))
-    assert (out / "checkpoints" / "last.ckpt").exists() and not (out / "model.safetensors").exists()
-    monkeypatch.setattr(run_module, "get_trainer", real_get_trainer)
-
-    with pytest.raises(InputError, match="already holds a run"):
-        train(_config("substructure", substructure_root, out, epochs=2))
-    train(_config("substructure", substructure_root, out), resume=True)
-    history = list(csv.DictReader(open(out / "history.csv")))
-    assert [row["epoch"] for row in history] == ["1", "2"]
-    assert (out / "model.safetensors").exists()
-    with pytest.raises(InputError, match="nothing to resume"):
-        train(_config("substructure", substructure_root, tmp_path / "fresh"), resume=True)
+    monkeypatch.setattr(evaluation, "predict_logits_array", lambda module, images, **kw: raw.copy())
+    result = evaluation.evaluate(run, root, split="test")
+    monkeypatch.undo()
+    assert result["tpr0"] == pytest.approx(3 / 10) and result["tpr10"] == pytest.approx(6 / 10)
+    written = list(csv.DictReader(open(run.path / "predictions_test.csv")))
+    p_lens = np.array([float(r["p_lens"]) for r in written])
+    assert M.tpr_before_false_positives(labels == 1, p_lens, 1) == 0.0  # what the rounded probability would say
+    score = np.array([float(r["score"]) for r in written])
+    top = margin > 30
+    assert np.all(p_lens[top] == 1.0) and len(set(score[top])) == top.sum()
+    np.testing.assert_array_equal(np.argsort(score[top]), np.argsort(margin[top]))
 
 
 def test_prediction_refuses_wrong_channels_and_output_type(tmp_path, lensfinding_root):
@@ -189,10 +243,10 @@ def test_training_on_the_simulated_stream(tmp_path):
         train(_config("substructure", data, tmp_path / "run2", stream=True))
 
 
-def test_calibration_keeps_ranking_and_prior_shift(tmp_path, lensfinding_root):
+def test_calibration_keeps_ranking_and_the_prior_shift_is_exact_in_log_space(tmp_path, lensfinding_root):
     import torch
 
-    from lensfinder.train.calibrate import apply_to_log_probs, fit_calibration, shift_prevalence
+    from lensfinder.train.calibrate import apply_to_log_probs, fit_calibration
 
     torch.manual_seed(0)
     labels = torch.randint(0, 2, (400,))
@@ -203,28 +257,63 @@ def test_calibration_keeps_ranking_and_prior_shift(tmp_path, lensfinding_root):
     probs = torch.softmax(apply_to_log_probs(overconfident, cal["scale"], cal["bias"]), 1)
     # At the likelihood optimum of a fit with an intercept, the mean probability equals the base rate.
     assert float(probs[:, 1].mean()) == pytest.approx(float(labels.float().mean()), abs=1e-3)
-    survey = shift_prevalence(probs, cal, 1e-3)
-    fitted = cal["fit_prevalence"][1]
-    odds_ratio = (survey[:, 1] / survey[:, 0]) / (probs[:, 1] / probs[:, 0])  # Bayes: odds scale with the prior odds
-    torch.testing.assert_close(odds_ratio, torch.full_like(odds_ratio, (1e-3 / (1 - 1e-3)) / (fitted / (1 - fitted))), rtol=1e-3, atol=0)
-    assert torch.equal(torch.argsort(survey[:, 1]), torch.argsort(probs[:, 1]))
     assert torch.equal(torch.argsort(probs[:, 1]), torch.argsort(overconfident[:, 1] - overconfident[:, 0]))
 
     run = train(_config("lensfinding", lensfinding_root, tmp_path / "run", epochs=2))
-    assert json.loads((run.path / "calibration.json").read_text())["scale"] > 0
+    module = load_model(run.path)
+    module.hparams.calibration = cal
+    fitted = cal["fit_prevalence"][1]
+    # Margins up to 800 (probability 1 in float64): the prior shift adds exactly log prior odds ratio to the
+    # log-odds, never clamped (a probability floored at 1e-12 caps the log-odds at 27.6).
+    margin = torch.tensor([-30.0, 0.0, 5.0, 40.0, 800.0], dtype=torch.float64)
+    raw = torch.stack([-torch.logaddexp(torch.zeros(5, dtype=torch.float64), margin),
+                       -torch.logaddexp(torch.zeros(5, dtype=torch.float64), -margin)], 1)
+    at_fit = M.log_odds(module.calibrate(raw).numpy(), positive=1)
+    survey = M.log_odds(module.calibrate(raw, prevalence=1e-3).numpy(), positive=1)
+    np.testing.assert_allclose(at_fit, cal["scale"] * margin.numpy() + cal["bias"], rtol=1e-12)
+    np.testing.assert_allclose(survey - at_fit, np.log(1e-3 / (1 - 1e-3)) - np.log(fitted / (1 - fitted)), rtol=1e-9)
+    with pytest.raises(InputError, match="--prevalence"):
+        module.calibrate(raw, prevalence=1.5)
+
     result = evaluate(run, lensfinding_root)
-    assert 0 <= result["ece_at_split_prevalence"] <= 1
-    raw = list(csv.DictReader(open(predict_catalog([lensfinding_root / "test_lenses"], tmp_path / "a.csv", run=run.path))))
-    rare = list(csv.DictReader(open(predict_catalog([lensfinding_root / "test_lenses"], tmp_path / "b.csv", run=run.path, prevalence=1e-3))))
-    assert [r["path"] for r in raw] == [r["path"] for r in rare]
-    assert all(float(b["p_lens"]) <= float(a["p_lens"]) + 1e-9 for a, b in zip(raw, rare))
+    # Judged at the split's own lens fraction (1 in 7), the calibrated probabilities are shifted the same way.
+    written = list(csv.DictReader(open(run.path / "predictions_test.csv")))
+    score = np.array([float(r["score"]) for r in written])
+    fit_odds = np.log(load_model(run.path).hparams.calibration["fit_prevalence"][1])
+    split_prevalence = 10 / 70
+    shift = np.log(split_prevalence / (1 - split_prevalence)) - (fit_odds - np.log1p(-np.exp(fit_odds)))
+    is_lens = np.array([r["label"] == "lens" for r in written])
+    expected = M.reliability(is_lens.astype(int), np.stack([1 / (1 + np.exp(score + shift)), 1 / (1 + np.exp(-(score + shift)))], 1))
+    assert result["ece_at_split_prevalence"] == pytest.approx(expected["ece"], abs=1e-9)
 
 
-def test_recipes_set_the_asinh_peak_floor_and_bad_values_are_refused():
-    from lensfinder.config import TrainConfig
+def test_recipe_peak_floors_keep_arcs_beside_stars_and_noise_free_images_finite():
+    """The asinh stretch with each recipe's peak floor: on an observed lens-finding cutout, a faint arc (3 sigma) next
+    to a saturated star keeps its contrast; on a noise-free substructure image the stretch stays bounded. The other
+    floor fails each case, so a recipe that swapped them would fail here."""
+    import torch
+
+    from lensfinder.data.normalize import Normalizer
+
+    rng = np.random.default_rng(0)
+    observed = rng.normal(0.0, 1.0, (1, 3, 64, 64))
+    observed[..., 2, 2] = 1e5  # a bright star
+    arc = np.zeros((64, 64), bool)
+    arc[30:34, 20:44] = True
+    observed[..., arc] += 3.0
+    noise_free = np.zeros((1, 1, 64, 64))
+    yy, xx = np.mgrid[:64, :64] - 31.5
+    noise_free[0, 0] = np.exp(-0.5 * ((np.hypot(xx, yy) - 16) / 1.5) ** 2)
+
+    def contrast(kind_floor, image):
+        out = Normalizer("asinh", peak_floor=kind_floor)(torch.as_tensor(image, dtype=torch.float32)).numpy()
+        return out, float(out[..., arc].mean() - out[..., ~arc].mean())
 
     lens = TrainConfig(task="lensfinding", data="d", out="o").resolved()
-    assert lens.normalization == "asinh" and lens.peak_floor == 1e-6  # observed cutouts: scale by the noise
-    assert TrainConfig(task="substructure", data="d", out="o").resolved().peak_floor == 1e-3  # noise-free sims
+    sub = TrainConfig(task="substructure", data="d", out="o").resolved()
+    assert contrast(lens.peak_floor, observed)[1] > 0.4  # asinh(3) / 3 = 0.61: the arc stands out of the noise
+    assert contrast(sub.peak_floor, observed)[1] < 0.05  # the star sets the scale and flattens the arc
+    assert np.abs(contrast(sub.peak_floor, noise_free)[0]).max() < 3  # asinh(1000) / 3 = 2.5
+    assert np.abs(contrast(lens.peak_floor, noise_free)[0]).max() > 4  # the noise-free ring blown up by 1e6
     with pytest.raises(InputError, match="peak_floor"):
         TrainConfig(task="lensfinding", data="d", out="o", peak_floor=2.0).resolved()

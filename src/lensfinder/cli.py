@@ -78,9 +78,12 @@ def train(
     stream: bool = typer.Option(False, "--stream", help="train on an endless simulated stream"),
     stream_preset: Optional[str] = typer.Option(None, help="simulator preset for --stream"),
     steps_per_epoch: Optional[int] = typer.Option(None, help="batches per epoch with --stream"),
+    lens_fraction: Optional[float] = typer.Option(None, help="lens finding with --stream: share of lenses drawn (default 0.5)"),
+    deterministic: bool = typer.Option(False, "--deterministic", help="deterministic algorithms: same seed, same weights"),
     early_stopping: Optional[int] = typer.Option(None, help="patience in epochs; 0 = off"),
     test_fraction: Optional[float] = typer.Option(None, help="hold out this share of train as the test split (layouts without one)"),
-    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint; any other "
+                                "setting must match the run's, except a larger --epochs (plateau scheduler)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Train a model; writes config, checkpoints, history, model.safetensors and figures into --out."""
@@ -92,11 +95,11 @@ def train(
                  scheduler=scheduler, normalization=normalization, augment=augment, tta=tta, class_weights=class_weights,
                  sampling=sampling, seed=seed, devices=devices, num_nodes=num_nodes, accelerator=accelerator, strategy=strategy,
                  precision=precision, num_workers=num_workers, stream_preset=stream_preset, steps_per_epoch=steps_per_epoch,
-                 early_stopping=early_stopping, test_fraction=test_fraction)
+                 early_stopping=early_stopping, test_fraction=test_fraction, lens_fraction=lens_fraction)
     values.update({k: v for k, v in flags.items() if v is not None})
     values.update(task=task, data=str(data), out=str(out), progress=progress)
-    values["allow_pickle"] = allow_pickle or values.get("allow_pickle", False)
-    values["stream"] = stream or values.get("stream", False)
+    values.update({k: True for k, given in (("allow_pickle", allow_pickle), ("stream", stream),
+                                              ("deterministic", deterministic)) if given})
     run = run_training(TrainConfig.from_dict(values, source=str(config) if config else "command line"), resume=resume)
     typer.echo(f"run written to {run.path}")
 

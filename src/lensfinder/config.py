@@ -45,6 +45,11 @@ SCHEDULERS = ("plateau", "onecycle", "cosine")
 OPTIMIZERS = ("adam", "adamw")
 CLASS_WEIGHTS = ("none", "balanced")
 SAMPLINGS = ("shuffle", "balanced")
+# Settings that are not part of a recipe: their defaults (see the comments on TrainConfig).
+RUN_DEFAULTS = dict(val_fraction=0.1, test_fraction=0.0, seed=0, num_workers=0, accelerator="auto", devices="auto", num_nodes=1,
+                    strategy="auto", precision="32-true", deterministic=False, allow_pickle=False, stream=False,
+                    steps_per_epoch=200, early_stopping=0, progress=True)
+STREAM_LENS_FRACTION = 0.5  # the stream's default share of lenses (balanced)
 
 
 @dataclass
@@ -66,22 +71,26 @@ class TrainConfig:
     tta: bool | None = None  # average predictions over the 8 D4 views at evaluation
     class_weights: str | None = None  # balanced: w_c = N / (K N_c) (report, lens finding) | none
     sampling: str | None = None  # shuffle: each image once per epoch | balanced: every class equally often (with replacement)
-    val_fraction: float = 0.1  # stratified validation share when the layout has no val split
-    test_fraction: float = 0.0  # stratified share of train held out as the test split (layouts without one); 0: none
-    seed: int = 0  # seeds model init, split, shuffling and augmentation
-    num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
-    accelerator: str = "auto"  # cpu | gpu | auto
-    devices: str = "auto"  # number of devices, or "auto"
-    num_nodes: int = 1  # nodes for multi-node DDP
-    strategy: str = "auto"  # Lightning strategy; "ddp" for several GPUs
-    precision: str = "32-true"  # Lightning precision, e.g. "bf16-mixed" on GPUs
-    allow_pickle: bool = False  # allow pickled object arrays (axion [image, m_a] files): runs code, opt in only
+    # Left at None, the settings below take the default in their comment (RUN_DEFAULTS); None means "not given",
+    # which is how `--resume` tells a changed setting from one the user left alone.
+    val_fraction: float | None = None  # 0.1: stratified validation share when the layout has no val split
+    test_fraction: float | None = None  # 0.0: stratified share of train held out as the test split (layouts without one); 0: none
+    seed: int | None = None  # 0: seeds model init, split, shuffling, augmentation and the stream
+    num_workers: int | None = None  # 0: DataLoader worker processes (0: load in the training process)
+    accelerator: str | None = None  # "auto": cpu | gpu | auto
+    devices: str | None = None  # "auto": number of devices (processes) per node, or "auto"
+    num_nodes: int | None = None  # 1: nodes for multi-node DDP
+    strategy: str | None = None  # "auto": Lightning strategy; "ddp" for several devices
+    precision: str | None = None  # "32-true": Lightning precision, e.g. "bf16-mixed" on GPUs
+    deterministic: bool | None = None  # False: torch.use_deterministic_algorithms (identical weights run to run)
+    allow_pickle: bool | None = None  # False: allow pickled object arrays (axion [image, m_a] files): runs code, opt in only
     cache_dir: str | None = None  # packed-array cache; None: $LENSFINDER_CACHE or ~/.cache/lensfinder
-    stream: bool = False  # train on an endless simulated stream (validation still on --data)
+    stream: bool | None = None  # False: train on an endless simulated stream (validation still on --data)
     stream_preset: str | None = None  # simulator preset of the stream; required with stream
-    steps_per_epoch: int = 200  # batches per epoch when streaming
-    early_stopping: int = 0  # stop after this many epochs without val-loss improvement; 0: never
-    progress: bool = True  # progress bar
+    lens_fraction: float | None = None  # lens finding stream: share of lenses drawn; 0.5 (and must be, with balanced sampling)
+    steps_per_epoch: int | None = None  # 200: batches per epoch when streaming
+    early_stopping: int | None = None  # 0: stop after this many epochs without val-loss improvement; 0: never
+    progress: bool | None = None  # True: progress bar
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None filled from the model's recipe, and every value checked."""
@@ -95,8 +104,10 @@ class TrainConfig:
         recipe = self.recipe or ("report" if model.startswith("report-") else "lensfinder")
         if recipe not in RECIPES:
             raise InputError(f"unknown recipe {recipe!r}; expected one of {', '.join(RECIPES)}")
-        filled = {k: v for k, v in RECIPES[recipe][self.task].items() if getattr(self, k) is None}
+        filled = {k: v for k, v in {**RECIPES[recipe][self.task], **RUN_DEFAULTS}.items() if getattr(self, k) is None}
         cfg = replace(self, model=model, recipe=recipe, **filled)
+        if cfg.stream and cfg.task == "lensfinding" and cfg.lens_fraction is None:
+            cfg = replace(cfg, lens_fraction=STREAM_LENS_FRACTION)
         cfg._check()
         return cfg
 
@@ -124,6 +135,17 @@ class TrainConfig:
             raise InputError(f"test_fraction must be in [0, 1), got {self.test_fraction}; e.g. --test-fraction 0.1")
         if self.stream and not self.stream_preset:
             raise InputError("streaming needs a simulator preset: pass --stream-preset (e.g. deeplense-model-iii or lsst-gri)")
+        if self.lens_fraction is not None:
+            if not self.stream or self.task != "lensfinding":
+                raise InputError(f"--lens-fraction {self.lens_fraction}: sets the share of lenses in the simulated "
+                                 f"lens-finding stream; it needs --task lensfinding --stream (a fixed data set has "
+                                 f"the composition of its files: use --sampling balanced to even it out)")
+            if not 0.0 < self.lens_fraction < 1.0:
+                raise InputError(f"--lens-fraction: expected a share of lenses in (0, 1), e.g. 0.5, found {self.lens_fraction}")
+            if self.sampling == "balanced" and self.lens_fraction != STREAM_LENS_FRACTION:
+                raise InputError(f"--sampling balanced draws every class equally often, which a stream of "
+                                 f"{self.lens_fraction:g} lenses is not; pass --sampling shuffle to train on the stream "
+                                 f"as drawn (class weights then follow its composition), or drop --lens-fraction")
 
     def to_dict(self) -> dict:
         return asdict(self)

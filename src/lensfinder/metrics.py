@@ -168,6 +168,36 @@ def purity_at_prevalence(tpr: np.ndarray, fpr: np.ndarray, prevalence: float) ->
         return np.nan_to_num(prevalence * tpr / (prevalence * tpr + (1 - prevalence) * fpr), nan=1.0)
 
 
+SURVEY_PREVALENCE = 1e-3  # about one lens per thousand cutouts in a real survey
+
+# The survey goals a threshold is chosen for (on the validation split), as keyword arguments of choose_threshold.
+THRESHOLD_GOALS = {
+    "purity_0.5_at_1e-3": dict(target_purity=0.5, prevalence=SURVEY_PREVALENCE),
+    "purity_0.9_at_1e-3": dict(target_purity=0.9, prevalence=SURVEY_PREVALENCE),
+    "false_per_million_1000": dict(max_false_per_million=1000),
+    "false_per_million_100": dict(max_false_per_million=100),
+}
+
+
+def choose_thresholds(labels: np.ndarray, scores: np.ndarray) -> dict:
+    """One `choose_threshold` per goal of THRESHOLD_GOALS."""
+    return {name: choose_threshold(labels, scores, **goal) for name, goal in THRESHOLD_GOALS.items()}
+
+
+def operating_point(labels: np.ndarray, scores: np.ndarray, threshold: float | None, *,
+                    prevalence: float = SURVEY_PREVALENCE) -> dict:
+    """What a fixed score cut (score >= threshold counts as found, as in `roc_curve`) does on labelled data:
+    completeness, false positives per 10^6 non-lenses, and the purity it implies at `prevalence`."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if threshold is None:
+        return {"completeness": 0.0, "false_per_million": 0.0, "purity": None, "fpr_resolution": 1.0 / max((~labels).sum(), 1)}
+    tpr = float(np.mean(scores[labels] >= threshold)) if labels.any() else 0.0
+    fpr = float(np.mean(scores[~labels] >= threshold)) if (~labels).any() else 0.0
+    purity = float(purity_at_prevalence(np.array([tpr]), np.array([fpr]), prevalence)[0]) if tpr > 0 else None
+    return {"completeness": tpr, "false_per_million": fpr * 1e6, "purity": purity, "fpr_resolution": 1.0 / max((~labels).sum(), 1)}
+
+
 def choose_threshold(labels: np.ndarray, scores: np.ndarray, *, target_purity: float | None = None,
                      prevalence: float = 1e-3, max_false_per_million: float | None = None) -> dict:
     """The lowest score threshold (most lenses kept) meeting a purity target at a survey prevalence, or a

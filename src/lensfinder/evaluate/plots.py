@@ -14,20 +14,21 @@ from ..metrics import precision_recall_curve, roc_auc, roc_curve  # noqa: E402
 from ..train.history import save_figure  # noqa: E402
 
 
-def plot_roc(labels: np.ndarray, probs: np.ndarray, class_names: list[str], path: Path) -> None:
-    """Binary ROC (log FPR axis, where survey purity lives) or one-vs-rest ROC per class plus micro average."""
+def plot_roc(labels: np.ndarray, scores: np.ndarray, class_names: list[str], path: Path) -> None:
+    """Binary ROC (log FPR axis, where survey purity lives) or one-vs-rest ROC per class plus micro average.
+    `scores` (N, K): each class's ranking score (log-odds, as `evaluate.ranking_scores` gives; probabilities work too)."""
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     if len(class_names) == 2:
-        fpr, tpr, _ = roc_curve(labels == 1, probs[:, 1])
-        ax.plot(fpr, tpr, label=f"{class_names[1]} (AUC {roc_auc(labels == 1, probs[:, 1]):.4f})")
+        fpr, tpr, _ = roc_curve(labels == 1, scores[:, 1])
+        ax.plot(fpr, tpr, label=f"{class_names[1]} (AUC {roc_auc(labels == 1, scores[:, 1]):.4f})")
         ax.set_xscale("symlog", linthresh=1e-3)
     else:
         for c, name in enumerate(class_names):
-            fpr, tpr, _ = roc_curve(labels == c, probs[:, c])
-            ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(labels == c, probs[:, c]):.4f})")
+            fpr, tpr, _ = roc_curve(labels == c, scores[:, c])
+            ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(labels == c, scores[:, c]):.4f})")
         onehot = np.eye(len(class_names), dtype=bool)[labels]
-        fpr, tpr, _ = roc_curve(onehot.ravel(), probs.ravel())
-        ax.plot(fpr, tpr, "k--", lw=1, label=f"micro (AUC {roc_auc(onehot.ravel(), probs.ravel()):.4f})")
+        fpr, tpr, _ = roc_curve(onehot.ravel(), scores.ravel())
+        ax.plot(fpr, tpr, "k--", lw=1, label=f"micro (AUC {roc_auc(onehot.ravel(), scores.ravel()):.4f})")
     ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")

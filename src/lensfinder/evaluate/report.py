@@ -57,11 +57,23 @@ def _split_section(split: str, m: dict, figures_rel: str) -> str:
             ["from", "to", "lenses", "recall @ TPR10 cut", "recall @ FPR 1e-2 cut", "share of 1 - AUC"],
             [[b["lo"], "inf" if b["hi"] is None else b["hi"], b["n_lenses"],
               *[b.get(key) for key in ("recall_tpr10", "recall_fpr_1e-2", "auc_loss_share")]] for b in bins]))
-    if "thresholds" in m:
-        parts.append("<h3>Thresholds for a survey</h3>" + _table(
-            ["goal", "threshold", "completeness", "false per 10^6", "purity at 1:1000"],
-            [[k, v["threshold"] if v["threshold"] is not None else "none", v["completeness"], v["false_per_million"],
-              v["purity"]] for k, v in m["thresholds"].items()]))
+    if m.get("thresholds"):
+        chosen_on = m.get("thresholds_chosen_on", "val")
+        header = ["goal", "threshold (lens log-odds)"]
+        splits = [chosen_on] + ([split] if split != chosen_on else [])
+        for where in splits:
+            header += [f"completeness ({where})", f"false per 10^6 ({where})", f"purity at 1:1000 ({where})"]
+        rows = []
+        for goal, t in m["thresholds"].items():
+            row = [goal, t["threshold"] if t["threshold"] is not None else "none"]
+            for where in splits:
+                point = t.get(where, {})
+                row += [point.get("completeness"), point.get("false_per_million"), point.get("purity")]
+            rows.append(row)
+        parts.append(f"<h3>Thresholds for a survey: chosen on {html.escape(chosen_on)}, applied to "
+                     f"{html.escape(split)}</h3>" + _table(header, rows))
+    elif m.get("thresholds_note"):
+        parts.append(f"<h3>Thresholds for a survey</h3><p>{html.escape(m['thresholds_note'])}</p>")
     names = ["roc", "pr", "confusion", "reliability", "predictions"]
     parts.append("".join(f'<img src="{figures_rel}/{n}_{split}.png" alt="{n}">' for n in names))
     return "\n".join(parts)

@@ -2,9 +2,12 @@
 
 Class weighting and augmentation leave softmax scores that are not probabilities. We fit, on held-out
 validation images, one scale on the model's log-probabilities (temperature scaling) and, for binary
-tasks, one bias on the positive class (Platt scaling). Both keep the ranking of the positive class, so
-AUC, AP and TPR0/TPR10 are unchanged; only the probabilities move. The fit prevalence is stored, so a
-user can ask for probabilities at a survey's prevalence instead (prior shift, Saerens et al. 2002).
+tasks, one bias on the positive class (Platt scaling). For two classes the calibrated log-odds is
+scale * (log p1 - log p0) + bias, an increasing affine map of the uncalibrated margin, so every ranking
+metric is unchanged. For three classes a temperature can reorder one class's probabilities across
+images, so `evaluate` ranks on the uncalibrated log-probabilities and uses the calibrated ones only for
+accuracy and calibration. The fit prevalence is stored, so a user can ask for probabilities at a
+survey's prevalence instead (prior shift, Saerens et al. 2002), added in log space, never clamped.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..metrics import choose_thresholds
+from ..validation import InputError
 
 
 def fit_calibration(log_probs: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -40,25 +46,18 @@ def fit_calibration(log_probs: torch.Tensor, labels: torch.Tensor) -> dict:
 def apply_to_log_probs(log_probs: torch.Tensor, scale, bias) -> torch.Tensor:
     """Calibrated logits: scale * log p, plus `bias` on the positive class of a binary task."""
     logits = scale * log_probs
-    if log_probs.shape[1] == 2:
-        logits = logits + torch.stack([torch.zeros_like(torch.as_tensor(bias)), torch.as_tensor(bias)]).to(logits)
+    if log_probs.shape[1] == 2:  # the bias in the logits' own precision (a Python float would become float32)
+        bias = torch.as_tensor(bias, dtype=log_probs.dtype, device=log_probs.device)
+        logits = logits + torch.stack([torch.zeros_like(bias), bias])
     return logits
 
 
 def prior_shift(calibration: dict, prevalence: float) -> float:
     """Extra positive-class bias that moves probabilities from the fit prevalence to `prevalence`."""
     if not 0 < prevalence < 1:
-        raise ValueError(f"prevalence must be in (0, 1), got {prevalence}")
+        raise InputError(f"--prevalence: expected the fraction of lenses in (0, 1), e.g. 0.001, found {prevalence}")
     fitted = calibration["fit_prevalence"][1]
     return math.log(prevalence / (1 - prevalence)) - math.log(fitted / (1 - fitted))
-
-
-def shift_prevalence(probs: torch.Tensor, calibration: dict, prevalence: float) -> torch.Tensor:
-    """Binary probabilities re-expressed for a population whose positive fraction is `prevalence`."""
-    if probs.shape[1] != 2:
-        raise ValueError("a prevalence applies to binary tasks (lens finding) only")
-    shift = torch.tensor([0.0, prior_shift(calibration, prevalence)], dtype=probs.dtype, device=probs.device)
-    return F.softmax(torch.log(probs.clamp_min(1e-12)) + shift, dim=1)
 
 
 @torch.no_grad()
@@ -69,3 +68,12 @@ def validation_log_probs(module, images: np.ndarray, *, batch_size: int = 256) -
     chunks = [module.predict_logits(torch.from_numpy(np.array(images[i : i + batch_size], dtype=np.float32)), calibrated=False)
               for i in range(0, len(images), batch_size)]
     return torch.cat(chunks)
+
+
+def choose_survey_thresholds(labels: np.ndarray, score: np.ndarray, *, data: str, split: str, tta: bool) -> dict:
+    """thresholds.json: score cuts for the survey goals of `metrics.THRESHOLD_GOALS`, chosen on `split` (val)
+    and recorded with it, so that `evaluate` applies them to the test split instead of choosing them there."""
+    labels = np.asarray(labels) == 1
+    return {"chosen_on": split, "data": data, "n": int(len(labels)), "n_lenses": int(labels.sum()), "tta": tta,
+            "score": "calibrated lens log-odds (the score column of predictions, without --prevalence)",
+            "thresholds": choose_thresholds(labels, score)}

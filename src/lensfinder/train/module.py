@@ -12,6 +12,7 @@ from ..data.transforms import d4_transform, random_d4
 from .calibrate import apply_to_log_probs, prior_shift
 from ..metrics import roc_auc_ovr
 from ..models import create_model
+from ..validation import InputError
 
 
 class LensModule(L.LightningModule):
@@ -51,8 +52,16 @@ class LensModule(L.LightningModule):
         use_tta = self.hparams.tta if tta is None else tta
         views = range(8) if use_tta else range(1)
         log_probs = torch.stack([F.log_softmax(self(d4_transform(x, k)).double(), dim=1) for k in views]).mean(0)
+        return self.calibrate(log_probs, prevalence=prevalence) if calibrated else log_probs
+
+    def calibrate(self, log_probs: torch.Tensor, *, prevalence: float | None = None) -> torch.Tensor:
+        """Calibrated logits from uncalibrated log-probabilities (as `predict_logits(calibrated=False)` gives):
+        temperature, Platt bias and, for binary tasks, the prior shift to `prevalence`, all in log space.
+        Unchanged when no calibration was fitted."""
         calibration = self.hparams.get("calibration")
-        if not calibrated or calibration is None:
+        if prevalence is not None and self.hparams.num_classes != 2:
+            raise InputError(f"--prevalence applies to lens finding (two classes); this is a {self.hparams.task} model")
+        if calibration is None:
             return log_probs
         logits = apply_to_log_probs(log_probs, calibration["scale"], calibration["bias"])
         if prevalence is not None:
