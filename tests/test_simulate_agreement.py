@@ -49,13 +49,15 @@ def test_lens_matches_lenstronomy_in_every_band(preset):
     checked = 0
     for index in range(6):
         p = pop.sample_lensfinding(pop.object_rngs(5, "lensfinding", "test", 1, index)[0], True, sim.preset)
-        p = dict(p, rings=[], stars=[], light=p["light"][:2])  # lenstronomy-expressible content
+        p = dict(p, rings=[], stars=[], points=[], light=p["light"][:2])  # lenstronomy-expressible content
         ours = sim.render([p])["model"][0].numpy()
         for band in range(3):
             ref = reference.render_lens(sim, p, band)
             assert np.abs(ours[band] - ref).max() <= 1e-5 * ref.max()
         checked += len(p["sources"])
     assert checked > 6  # clumps were included
+    assert len({round(p["seeing_scale"], 2) for p in [pop.sample_lensfinding(pop.object_rngs(5, "lensfinding", "test", 1, i)[0],
+                                                                           True, sim.preset) for i in range(6)]}) > 1
 
 
 def test_float32_engine_is_close_to_float64():

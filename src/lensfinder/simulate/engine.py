@@ -54,16 +54,6 @@ class _Base:
             out[i, pad:pad + len(k)] = k
         return self._t(out)
 
-    def _finish(self, surface_brightness: torch.Tensor) -> torch.Tensor:
-        """Padded supersampled surface brightness (B, C, h, w) -> PSF-convolved flux per pixel."""
-        return render.convolve_separable(self._pixel_flux(surface_brightness), self.kernels)
-
-    def _pixel_flux(self, surface_brightness: torch.Tensor) -> torch.Tensor:
-        sb = surface_brightness[..., :self._n, :self._n]
-        flux = conv.surface_brightness_to_pixel_flux(sb, self.pixel_scale_arcsec, self.supersampling)
-        return render.downsample_sum(flux, self.supersampling).contiguous()
-
-
 class SubstructureSimulator(_Base):
     """Task 1: SIE + shear (+ point masses) lensing one elliptical Sersic source, single band."""
 
@@ -223,7 +213,6 @@ class LensfindingSimulator(_Base):
         bands = [preset["bands"][b] for b in self.band_names]
         self.bands = bands
         self.seeing_fwhm_arcsec = np.array([b["seeing_arcsec"] for b in bands])
-        self.kernels = self._kernels(self.seeing_fwhm_arcsec)
         self.psf_sigma_arcsec = self.seeing_fwhm_arcsec * conv.FWHM_TO_SIGMA
         self.cps_per_nmgy = np.array([physics.cps_per_nanomaggy(b["magnitude_zero_point"]) for b in bands])
         self.t_total_s = np.array([b["exposure_time_s"] * b["num_exposures"] for b in bands])
@@ -320,7 +309,7 @@ class LensfindingSimulator(_Base):
                     cp, sp = math.cos(s["phi"]), math.sin(s["phi"])
                     sq = math.sqrt(s["q"])
                     a, d = sq / s["r_eff"], 1.0 / (sq * s["r_eff"])
-                    k = max(1.9992 * s["n"] - 0.3271, 1e-5)
+                    k = float(conv.sersic_b_n(s["n"]))
                     idx.append(row)
                     coef.append((s["x"], s["y"], cp * a, sp * a, -sp * d, cp * d, 0.5 / s["n"], k))
                     amps.append(s["amp"])

@@ -78,10 +78,6 @@ def mag_to_nanomaggies(mag):
     return 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - AB_NANOMAGGY_ZERO_POINT))
 
 
-def nanomaggies_to_mag(flux_nmgy):
-    return AB_NANOMAGGY_ZERO_POINT - 2.5 * np.log10(np.asarray(flux_nmgy, dtype=np.float64))
-
-
 def cps_per_nanomaggy(magnitude_zero_point: float) -> float:
     """Detector counts per second produced by 1 nanomaggy for an instrument zero point."""
     return 10.0 ** (0.4 * (magnitude_zero_point - AB_NANOMAGGY_ZERO_POINT))

@@ -52,7 +52,8 @@ def _sersic_kwargs(slot, band: int) -> dict:
 def render_lens(sim, params: dict, band: int) -> np.ndarray:
     """One band (H, W) of a lens-finding cutout with lenstronomy: lensed source plus Sersic light
     for a lens, Sersic light alone for a non-lens (rings and stars are not lenstronomy profiles
-    and are left out: pass params without them)."""
+    and are left out: pass params without them). The PSF is the band's seeing times the object's
+    seeing_scale (1 when absent), as the engine draws it."""
     pre = sim.preset
     cx, cy = params["deflector_x_arcsec"], params["deflector_y_arcsec"]
     if params["theta_e_arcsec"] > 0:
@@ -64,7 +65,7 @@ def render_lens(sim, params: dict, band: int) -> np.ndarray:
         kw_lens = []
     kw_src = [_sersic_kwargs(s, band) for s in params["sources"]]
     kw_light = [_sersic_kwargs(s, band) for s in params["light"]]
-    fwhm = pre["bands"][sim.band_names[band]]["seeing_arcsec"]
+    fwhm = pre["bands"][sim.band_names[band]]["seeing_arcsec"] * params.get("seeing_scale", 1.0)
     model = _image_model(sim.num_pix, sim.pixel_scale_arcsec, fwhm, pre["psf_truncation_sigma"],
                          ["SIE", "SHEAR"] if kw_lens else [],
                          ["SERSIC_ELLIPSE"] * len(kw_src), ["SERSIC_ELLIPSE"] * len(kw_light),

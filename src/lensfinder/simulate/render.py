@@ -13,10 +13,10 @@ is why rotations are applied here with precomputed cos/sin and caustics gets phi
 (2) sums over slots, point masses and PSF taps are explicit loops of exact additions in a
 fixed order (no BLAS, no oneDNN convolution whose algorithm depends on the batch size).
 
-caustics provides the SIE, shear, point-mass and Sersic functions; its ``Point`` lens and PSF
-helpers work one model per call, so point masses en masse (25 or 100 per image) broadcast
-caustics' point deflection over (B, K, H, W) chunks, and the PSF is a separable convolution in
-plain torch reproducing ``scipy.ndimage.gaussian_filter`` (what lenstronomy uses).
+caustics provides the SIE and shear deflections; point masses en masse (25 or 100 per image) run
+in the compiled kernels of ``kernels.py``, and the PSF is a separable convolution in plain torch
+reproducing ``scipy.ndimage.gaussian_filter`` (what lenstronomy uses). ``point_images`` solves the
+lens equation for a point source (lensed quasars).
 """
 
 from __future__ import annotations
@@ -28,17 +28,12 @@ import torch
 import torch.nn.functional as F
 from caustics.lenses.func import (
     reduced_deflection_angle_external_shear,
-    reduced_deflection_angle_point,
     reduced_deflection_angle_sie,
 )
-from caustics.light.func import brightness_sersic
 
 # Softening (arcsec) of the SIE and point masses; lenstronomy's SIE uses 1e-10. It only matters
 # when a pixel centre falls exactly on a mass.
 SOFTENING_ARCSEC = 1e-10
-# Point masses are summed in fixed chunks of K over sub-batches of at most this many elements.
-_POINT_CHUNK = 25
-_POINT_CHUNK_ELEMENTS = 2_000_000
 
 
 def _col(t):
@@ -62,35 +57,6 @@ def deflection_sie_shear(x, y, *, x0, y0, q, cos_phi, sin_phi, rein, gamma1, gam
     ax, ay = axr * c - ayr * s, axr * s + ayr * c
     sx, sy = reduced_deflection_angle_external_shear(_col(x0), _col(y0), _col(gamma1), _col(gamma2), x, y)
     return ax + sx, ay + sy
-
-
-def deflection_points(x, y, *, x0, y0, rein):
-    """Summed deflection (B, H, W) of K point masses per image; x0, y0, rein are (B, K)."""
-    batch, k = rein.shape
-    ax = torch.zeros((batch,) + x.shape, dtype=x.dtype, device=x.device)
-    ay = torch.zeros_like(ax)
-    sub = max(1, _POINT_CHUNK_ELEMENTS // (_POINT_CHUNK * x.numel()))
-    for b0 in range(0, batch, sub):
-        bs = slice(b0, b0 + sub)
-        for k0 in range(0, k, _POINT_CHUNK):
-            ks = slice(k0, k0 + _POINT_CHUNK)
-            dx, dy = reduced_deflection_angle_point(_col(x0[bs, ks]), _col(y0[bs, ks]), _col(rein[bs, ks]),
-                                                    x, y, s=SOFTENING_ARCSEC)
-            for j in range(dx.shape[1]):
-                ax[bs] += dx[:, j]
-                ay[bs] += dy[:, j]
-    return ax, ay
-
-
-def sersic_profiles(x, y, *, x0, y0, q, cos_phi, sin_phi, n, re, k):
-    """Unit-amplitude Sersic surface brightness, (B, K, H, W), for (B, K) parameters.
-
-    ``x``, ``y``: a shared (H, W) grid or per-image (B, H, W) ray-traced coordinates.
-    """
-    if x.dim() == 3:
-        x, y = x[:, None], y[:, None]
-    xr, yr = rotate(x, y, x0=x0, y0=y0, cos_phi=cos_phi, sin_phi=sin_phi)
-    return brightness_sersic(0.0, 0.0, _col(q), None, _col(n), _col(re), 1.0, xr, yr, _col(k))
 
 
 def ring_profiles(x, y, *, x0, y0, q, cos_phi, sin_phi, radius, width, cos_arc, sin_arc, arc_half_width):
