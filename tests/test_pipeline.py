@@ -230,17 +230,54 @@ def test_cli_train_evaluate_predict(tmp_path, substructure_root):
     assert Run(run_dir).config.model == "report-cnn4"
 
 
-def test_training_on_the_simulated_stream(tmp_path):
+def test_training_on_the_simulated_stream(tmp_path, monkeypatch):
+    from lightning.pytorch.callbacks import Callback
+
+    import lensfinder.train.run as run_module
     from lensfinder.simulate import simulate_substructure
 
+    class FirstBatches(Callback):
+        def __init__(self):
+            self.sums = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if batch_idx == 0:
+                self.sums.append(float(batch[0].double().sum()))
+
+    spy = FirstBatches()
+    real_get_trainer = run_module.get_trainer
+    monkeypatch.setattr(run_module, "get_trainer", lambda *a, **k: _with_callback(real_get_trainer(*a, **k), spy))
     data = simulate_substructure(tmp_path / "sim", preset="deeplense-model-iii", counts={"train": 4, "val": 4}, progress=False)
     run = train(_config("substructure", data, tmp_path / "run", model="resnet-s", stream=True,
                         stream_preset="deeplense-model-iii", steps_per_epoch=2, batch_size=8, epochs=2))
+    monkeypatch.undo()
     history = list(csv.DictReader(open(run.path / "history.csv")))
     assert [row["epoch"] for row in history] == ["1", "2"] and history[-1]["val/loss"] != ""
     assert load_model(run.path).hparams.preset == "deeplense-model-iii"
+    assert len(spy.sums) == 2 and spy.sums[0] != spy.sums[1]  # every epoch simulates new objects
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1  # only the validation split is packed
     with pytest.raises(InputError, match="--stream-preset"):
         train(_config("substructure", data, tmp_path / "run2", stream=True))
+
+
+def _with_callback(trainer, callback):
+    trainer.callbacks.append(callback)
+    return trainer
+
+
+def test_lens_fraction_sets_the_stream_and_its_class_weights(tmp_path):
+    from lensfinder.simulate import simulate_lensfinding
+
+    data = simulate_lensfinding(tmp_path / "sim", counts={"train_lenses": 10, "train_nonlenses": 10}, progress=False)
+    # The report recipe weights classes (w_c = 1 / (K share_c)) and shuffles: a stream of 1 lens in 4.
+    run = train(_config("lensfinding", data, tmp_path / "run", model="report-cnn3", stream=True, stream_preset="lsst-gri",
+                        lens_fraction=0.25, steps_per_epoch=2, batch_size=8))
+    np.testing.assert_allclose(load_model(run.path).hparams.class_weights, [1 / (2 * 0.75), 1 / (2 * 0.25)])
+    assert yaml.safe_load((run.path / "config.yaml").read_text())["lens_fraction"] == 0.25
+    with pytest.raises(InputError, match="--sampling balanced draws every class equally often"):
+        train(_config("lensfinding", data, tmp_path / "r2", stream=True, stream_preset="lsst-gri", lens_fraction=0.25))
+    with pytest.raises(InputError, match="needs --task lensfinding --stream"):
+        train(_config("lensfinding", data, tmp_path / "r3", lens_fraction=0.25))
 
 
 def test_calibration_keeps_ranking_and_the_prior_shift_is_exact_in_log_space(tmp_path, lensfinding_root):

@@ -108,7 +108,7 @@ class LensModule(L.LightningModule):
         labels_np = labels.cpu().numpy()
         if len(np.unique(labels_np)) == self.hparams.num_classes:
             auc = roc_auc_ovr(labels_np, probs.float().cpu().numpy())["macro"]
-            self.log("val/auc", float(auc), prog_bar=True, sync_dist=False)
+            self.log("val/auc", float(auc), prog_bar=True, sync_dist=True)  # the same on every rank (gathered)
 
     def configure_optimizers(self):
         kind = torch.optim.AdamW if self.hparams.optimizer == "adamw" else torch.optim.Adam
