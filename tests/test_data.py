@@ -207,7 +207,10 @@ def test_d4_group():
 
 
 def test_balanced_sampler_draws_classes_equally_and_reproducibly():
-    from lensfinder.data.datamodule import balanced_sampler
+    from lensfinder.data.datamodule import EpochSampler
+
+    def balanced_sampler(labels, *, seed):
+        return EpochSampler(labels, mode="balanced", seed=seed)
 
     labels = np.array([0] * 170 + [1] * 10)  # 1:17, as the lens-finding training split
     draws = np.array(list(balanced_sampler(labels, seed=3)))

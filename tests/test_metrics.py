@@ -112,3 +112,50 @@ def test_ranking_losses_hand_computed_and_average_to_one_minus_auc():
     assert M.ranking_losses(labels, scores).mean() == pytest.approx(1 - M.roc_auc(labels, scores), abs=1e-12)
     with pytest.raises(ValueError):
         M.ranking_losses([1, 1], [0.2, 0.3])
+
+
+def test_ece_of_a_known_miscalibrated_toy_and_its_recalibration():
+    # 1000 cutouts all scored 0.9 of which half are lenses: ECE = |0.5 - 0.9| = 0.4 exactly; one bin is filled.
+    labels = np.r_[np.ones(500, int), np.zeros(500, int)]
+    probs = np.tile([0.1, 0.9], (1000, 1))
+    rel = M.reliability(labels, probs)
+    assert rel["ece"] == pytest.approx(0.4) and rel["count"][9] == 1000
+    # Three classes, top-label confidence 0.8 but accuracy 0.5: ECE 0.3.
+    three = np.tile([0.8, 0.1, 0.1], (10, 1))
+    assert M.reliability(np.r_[np.zeros(5, int), np.ones(5, int)], three)["ece"] == pytest.approx(0.3)
+    # Temperature and bias fitted on it remove the miscalibration: every probability becomes 0.5.
+    import torch
+
+    from lensfinder.train.calibrate import apply_to_log_probs, fit_calibration
+
+    log_probs = torch.log(torch.as_tensor(probs))
+    cal = fit_calibration(log_probs, torch.as_tensor(labels))
+    fixed = torch.softmax(apply_to_log_probs(log_probs, cal["scale"], cal["bias"]), 1).numpy()
+    assert M.reliability(labels, fixed)["ece"] < 1e-4
+
+
+def test_log_odds_does_not_saturate_where_probabilities_round_to_one():
+    margins = np.array([30.0, 40.0, 60.0, 700.0])  # p = 1 - e^-m: all 1.0 in float64 beyond m = 37
+    logits = np.stack([np.zeros(4), margins], 1)
+    np.testing.assert_allclose(M.log_odds(logits, positive=1), margins)
+    np.testing.assert_allclose(M.log_odds(logits, positive=0), -margins)
+    np.testing.assert_allclose(M.log_odds(logits), margins)  # default: the predicted class
+    # three classes: log p_k - log(1 - p_k), from logsumexp of the others
+    three = np.array([[2.0, 0.0, 0.0]])
+    assert M.log_odds(three, positive=0)[0] == pytest.approx(2.0 - np.log(2.0))
+
+
+def test_thresholds_chosen_on_one_split_and_applied_to_another():
+    val_labels = np.r_[np.ones(4), np.zeros(1000)]
+    val_scores = np.r_[[9.0, 8.0, 3.0, 1.0], np.linspace(-5.0, 2.5, 1000)]
+    chosen = M.choose_thresholds(val_labels, val_scores)
+    assert set(chosen) == set(M.THRESHOLD_GOALS)
+    # At most 100 false per 10^6 of 1000 negatives: none admitted, so the cut sits at 3.0 (the lowest lens above 2.5).
+    assert chosen["false_per_million_100"]["threshold"] == 3.0 and chosen["false_per_million_100"]["completeness"] == 0.75
+    # Applied to other data, the same cut (score >= threshold) finds what it finds there.
+    test_labels = np.r_[np.ones(5), np.zeros(4)]
+    test_scores = np.r_[[10.0, 3.0, 2.9, 0.0, -1.0], [3.5, 3.0, 1.0, -2.0]]
+    point = M.operating_point(test_labels, test_scores, 3.0, prevalence=0.5)
+    assert point["completeness"] == pytest.approx(2 / 5) and point["false_per_million"] == pytest.approx(0.5e6)
+    assert point["purity"] == pytest.approx(0.4 / (0.4 + 0.5))
+    assert M.operating_point(test_labels, test_scores, None)["completeness"] == 0.0

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from safetensors import safe_open
 
 from lensfinder.config import DEFAULT_MODELS
@@ -28,9 +29,22 @@ def test_shipped_weights_are_small_safe_and_describe_themselves(task):
         hparams = json.loads(handle.metadata()["hparams"])
     assert hparams["model_name"] == DEFAULT_MODELS[task]
     assert hparams["preset"] == PRESETS[task] and hparams["normalization"]["kind"] == "asinh"
-    # observed lens-finding cutouts are scaled by their noise; noise-free substructure images need the floor
-    assert hparams["normalization"].get("peak_floor", 1e-3) == (1e-6 if task == "lensfinding" else 1e-3)
     module = load_model(path)
+    # The normaliser that travels with the weights: observed lens-finding cutouts are scaled by their noise, so a
+    # 3-sigma arc beside a bright star keeps its contrast; noise-free substructure images stay bounded.
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64] - 31.5
+    ring = np.hypot(xx, yy) - 16
+    if task == "lensfinding":
+        image = rng.normal(0.0, 1.0, (1, 3, 64, 64))
+        image[..., 2, 2] = 1e5
+        image[..., np.abs(ring) < 1.5] += 3.0
+        out = module.normalizer(torch.as_tensor(image, dtype=torch.float32)).numpy()
+        assert out[..., np.abs(ring) < 1.5].mean() - out[..., np.abs(ring) > 4].mean() > 0.4
+    else:
+        image = np.exp(-0.5 * (ring / 1.5) ** 2)[None, None]
+        out = module.normalizer(torch.as_tensor(image, dtype=torch.float32)).numpy()
+        assert 1.5 < np.abs(out).max() < 3  # asinh(1000) / 3 = 2.5: peak_floor 1e-3, not unbounded
     assert list(module.hparams.class_names) == (["no", "sphere", "vort"] if task == "substructure" else ["nonlens", "lens"])
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .validation import InputError
+
 
 def log_odds(logits: np.ndarray, positive: int | None = None) -> np.ndarray:
     """The ranking score of each row of log-space class scores (N, K): float64 log-odds of class
@@ -30,7 +32,8 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     scores = np.asarray(scores, dtype=np.float64)
     n_pos, n_neg = labels.sum(), (~labels).sum()
     if n_pos == 0 or n_neg == 0:
-        raise ValueError("ROC needs at least one positive and one negative sample")
+        raise InputError(f"ranking metrics need both classes; found {int(n_pos)} positives and {int(n_neg)} negatives: "
+                         f"score a split that holds both")
     order = np.argsort(-scores, kind="mergesort")
     scores, labels = scores[order], labels[order]
     last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
@@ -50,7 +53,8 @@ def ranking_losses(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
     if labels.all() or not labels.any():
-        raise ValueError("ranking losses need both positives and negatives")
+        raise InputError(f"ranking losses need both classes; found {int(labels.sum())} positives and "
+                         f"{int((~labels).sum())} negatives")
     negatives = np.sort(scores[~labels])
     below = np.searchsorted(negatives, scores[labels], side="left")
     tied = np.searchsorted(negatives, scores[labels], side="right") - below

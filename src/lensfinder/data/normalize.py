@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..validation import InputError
+
 KINDS = ("channel", "minmax", "asinh", "log", "none")
 NOISE_FREE_PEAK_FLOOR = 1e-3  # asinh / log default, and what states saved before the setting used
 
@@ -53,11 +55,11 @@ class Normalizer(nn.Module):
                  peak_floor: float = NOISE_FREE_PEAK_FLOOR):
         super().__init__()
         if kind not in KINDS:
-            raise ValueError(f"unknown normalisation {kind!r}; expected one of {', '.join(KINDS)}")
+            raise InputError(f"unknown normalisation {kind!r}; expected one of {', '.join(KINDS)}")
         if kind == "channel" and (mean is None or std is None):
-            raise ValueError("channel normalisation needs the training split's mean and std")
+            raise InputError("channel normalisation needs the training split's mean and std (a model file without them is damaged: retrain or re-export it)")
         if not 0.0 <= peak_floor < 1.0:
-            raise ValueError(f"peak_floor: expected a number in [0, 1), found {peak_floor!r}")
+            raise InputError(f"peak_floor: expected a number in [0, 1), found {peak_floor!r}")
         self.kind = kind
         self.softening = float(softening)
         self.peak_floor = float(peak_floor)
