@@ -223,7 +223,8 @@ def test_fits_reader_takes_the_first_image_hdu_or_refuses(data, truncate):
         if expected is None:
             assert result is None
         elif result is not None:  # a truncated file may still hold the whole image: then it must be that image
-            np.testing.assert_array_equal(result, expected.astype(np.float32))
+            with np.errstate(over="ignore"):
+                np.testing.assert_array_equal(result, expected.astype(np.float32))
         else:
             assert truncate
         cutout = read_or_refuse(lambda: read_cutout([path]), "obj_r.fits")

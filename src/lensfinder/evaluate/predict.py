@@ -101,7 +101,8 @@ def read_fits(path: Path) -> np.ndarray:
                     while data.ndim > 3 and data.shape[0] == 1:
                         data = data[0]
                     if data.ndim in (2, 3):
-                        return np.array(data, dtype=np.float32)
+                        with np.errstate(over="ignore"):  # beyond float32: inf, which as_chw refuses by name
+                            return np.array(data, dtype=np.float32)
                     passed_over.append(f"HDU {number}: image of shape {hdu.data.shape}")
     except Exception as err:  # astropy raises assorted errors on a truncated or corrupt file
         raise InputError(f"{path}: unreadable FITS file ({type(err).__name__}: {err}); check that the file is "
