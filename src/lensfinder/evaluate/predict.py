@@ -17,7 +17,7 @@ from ..metrics import log_odds
 from ..train.module import LensModule
 from ..train.run import load_model
 from ..validation import InputError, as_chw, check_channels, load_npy
-from .inference import pick_device
+from .inference import pick_device, softmax
 from .shipped import WEIGHTS_DIR, shipped_run, shipped_weights  # noqa: F401  (moved; importable from here)
 
 NPY_SUFFIXES = (".npy",)
@@ -206,11 +206,6 @@ def score_loader(module: LensModule, loader: DataLoader, *, tta: bool | None, de
     return np.asarray(indices, dtype=np.int64), logits.astype(np.float64), skipped
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(1, keepdims=True))
-    return shifted / shifted.sum(1, keepdims=True)
-
-
 def skipped_path_for(out: Path) -> Path:
     """Where the cutouts left out of catalogue `out` are listed: <name>.skipped.csv beside it."""
     return out.with_name(f"{out.name[: -len('.csv')]}.skipped.csv")
@@ -273,7 +268,7 @@ def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, t
         raise InputError(f"{first_id}: {first_reason}\n(every one of the {len(objects)} cutouts was refused; "
                          "this one is the first)")
     class_names = list(module.hparams.class_names)
-    probs = _softmax(logits)
+    probs = softmax(logits)
     scores = log_odds(logits, positive=1 if len(class_names) == 2 else None)
     order = np.argsort(-scores, kind="stable")
     with atomic_write(out, newline="") as handle:
