@@ -109,7 +109,7 @@ def rate_lenstronomy(preset: str, cls: str, seconds: float, device: str) -> floa
             rng, noise_rng = pop.object_rngs(1, "lensfinding", "train", int(is_lens), next(counter))
             p = pop.sample_lensfinding(rng, is_lens, sim.preset)
             model = np.stack([reference.render_lens(sim, p, band) for band in range(3)])
-            return sim.add_noise(model, noise_rng)
+            return sim.noisy_batch(torch.from_numpy(model)[None], None, [False], [noise_rng], [p])[0]
     else:
         sim = SubstructureSimulator(preset, device=device)
 
