@@ -190,6 +190,70 @@ def models():
         typer.echo(f"{name:20s} {description}")
 
 
+@app.command()
+def inspect(
+    catalogue: Path = typer.Argument(..., help="ranked catalogue written by `lensfinder predict` (CSV)"),
+    port: int = typer.Option(8000, help="port to serve on (0: a free one)"),
+    grader: Optional[str] = typer.Option(None, help="your name; the page asks when it is not given"),
+    db: Optional[Path] = typer.Option(None, help="SQLite grades database (default: grades.sqlite beside the catalogue)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on; the default serves this machine only"),
+):
+    """Grade the candidates in a browser: a grid of colour composites in rank order, a zoomed view (Enter), keys
+    0-3 (0 not a lens, 1 possible, 2 probable, 3 definite) grade and move on, u undoes. Each grade is saved to the
+    SQLite database the moment the key is pressed; several graders (?grader=NAME) may grade at once."""
+    from .inspect.server import serve
+
+    serve(catalogue, db=db, host=host, port=port, grader=grader, announce=typer.echo)
+
+
+@app.command()
+def grades(
+    db: Path = typer.Argument(..., help="grades database written by `lensfinder inspect`"),
+    out: Optional[Path] = typer.Option(None, help="graded table: .csv | .fits | .parquet (agreement goes to "
+                                                  "<out>.agreement.json beside it)"),
+    gallery: Optional[Path] = typer.Option(None, help="static HTML page of the A and B lenses, images inlined"),
+    labelled_folder: Optional[Path] = typer.Option(None, help="write the graded cutouts as a lens-finding layout "
+                                                              "(train_lenses/, train_nonlenses/) for fine-tuning"),
+    min_class: str = typer.Option("B", help="with --labelled-folder: the lowest class copied to train_lenses "
+                                            "(A | B | C)"),
+):
+    """Summarise the grades: each object's mean grade, number of graders, spread and HOLISMOKES class (A: mean >
+    2.5; B: 1.5 < mean <= 2.5; C: 0.5 < mean <= 1.5; else not a lens), and the agreement between graders
+    (pairwise Cohen's and Fleiss' kappa).
+
+    Closing the loop: `--labelled-folder DIR` copies the A/B lenses (down to --min-class) into DIR/train_lenses
+    and the objects graded not a lens into DIR/train_nonlenses; then
+    `lensfinder train --task lensfinding --data DIR --out runs/finetuned` trains on the graders' labels
+    (the layout has only train_ folders: training holds out a seeded validation share, and --test-fraction 0.1
+    a test share). Objects between the two (class C with the default --min-class B) are left out."""
+    from .inspect import results
+
+    if out is not None:
+        results.check_output(out)
+    objects = results.load_objects(db)
+    report = results.agreement(objects)
+    typer.echo(f"{report['n_objects']} graded object(s) by {len(report['graders'])} grader(s): "
+               + ", ".join(f"{n} {c}" for c, n in report["classes"].items()))
+    fleiss = report["fleiss_kappa"]
+    typer.echo(f"Fleiss' kappa {'n/a' if fleiss is None else f'{fleiss:.3f}'} over {report['fleiss_n_objects']} "
+               "object(s) with 2+ graders")
+    for pair in report["pairwise"]:
+        kappa = pair["cohen_kappa"]
+        typer.echo(f"  Cohen's kappa {pair['graders'][0]} / {pair['graders'][1]}: "
+                   f"{'n/a' if kappa is None else f'{kappa:.3f}'} over {pair['n_objects']} object(s)")
+    if out is not None:
+        results.write_table(objects, out)
+        agreement_path = results.write_agreement(report, results.agreement_path_for(out))
+        typer.echo(f"graded table written to {out}; agreement to {agreement_path}")
+    if gallery is not None:
+        typer.echo(f"gallery written to {results.write_gallery(objects, gallery)}")
+    if labelled_folder is not None:
+        counts = results.write_labelled_folder(objects, labelled_folder, min_class=min_class)
+        typer.echo(f"labelled folder written to {labelled_folder}: {counts['train_lenses']} lens(es), "
+                   f"{counts['train_nonlenses']} non-lens(es); fine-tune with "
+                   f"`lensfinder train --task lensfinding --data {labelled_folder} --out runs/finetuned`")
+
+
 def main() -> None:
     try:
         app()
