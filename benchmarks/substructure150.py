@@ -8,7 +8,7 @@ Data (counts per class; `--test 0` gives the Common Test I layout, train/ and va
     lensfinder simulate substructure --preset deeplense-model-i --train 10000 --val 1000 --test 0 --seed 2 --out data/mi-seed2
     lensfinder simulate substructure --preset deeplense-model-i --train 0 --val 0 --test 2500 --seed 1 --out data/mi-seed1
 Runs (one core: OMP_NUM_THREADS=1), e.g.
-    lensfinder train --task substructure --data data/ct1 --model resnet-pool-s --epochs 12 --out runs/substructure150/ct1
+    lensfinder train --task substructure --data data/ct1 --model resnet-pool-s --epochs 5 --out runs/substructure150/ct1-resnet-pool-s
 
     python benchmarks/substructure150.py                 # score every run that exists, table + JSON
     python benchmarks/substructure150.py --train         # train the missing runs first (one at a time)
@@ -54,9 +54,9 @@ class Entry:
 
 
 ENTRIES = (
-    Entry("ct1-resnet-pool-s", "deeplense-common-test-i", "resnet-pool-s", 12, "ct1",
+    Entry("ct1-resnet-pool-s", "deeplense-common-test-i", "resnet-pool-s", 5, "ct1",
           (("val", "ct1", "val"), ("test seed 1", "ct1-seed1", "test"), ("model-i test seed 1", "mi-seed1", "test"))),
-    Entry("mi-resnet-pool-s", "deeplense-model-i", "resnet-pool-s", 12, "mi-seed2",
+    Entry("mi-resnet-pool-s", "deeplense-model-i", "resnet-pool-s", 5, "mi-seed2",
           (("val", "mi-seed2", "val"), ("test seed 1", "mi-seed1", "test"))),
 )
 

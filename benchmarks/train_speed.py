@@ -12,6 +12,7 @@ Measured on a shared machine, numbers are a floor: say so when another job ran (
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -74,8 +75,10 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append({"model": name, "size": size, "threads": n, "batch_size": args.batch_size,
                              "images_per_s": rate})
                 print(f"{name:16s} {size:5d} {n:7d} {'n/a' if rate is None else f'{rate:9.1f}':>9s}", flush=True)
+    load = os.getloadavg()  # other jobs on the machine lower every number: recorded with them
     path = write_result(args.name, {"what": "training images/s (forward + backward + AdamW step), batch "
-                                            f"{args.batch_size}, 1 x size x size input", "note": args.note, "rows": rows})
+                                            f"{args.batch_size}, 1 x size x size input", "note": args.note,
+                                    "load_average_1_5_15min_at_end": load, "rows": rows})
     print(f"wrote {path}")
 
 
