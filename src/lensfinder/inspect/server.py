@@ -18,6 +18,8 @@ PAGE_SIZE = 60  # candidates per grid page (the page may ask for 1 to MAX_PAGE)
 MAX_PAGE = 500
 STRETCH_RANGE = (0.01, 100.0)  # the page's stretch slider, as a factor on the automatic range
 Q_RANGE = (0.1, 100.0)
+METADATA_FIRST = ("label", "theta_e_arcsec", "arc_snr", "magnification", "source_mag_i", "confuser_kind",
+                  "deflector_type", "deflector_mag_i", "n_images", "artefact_kinds")  # shown first in the zoomed view
 DEFAULT_HOST = "127.0.0.1"  # localhost only unless --host says otherwise
 
 
@@ -125,7 +127,7 @@ def create_app(catalogue: Catalogue, db: GradesDB, *, default_grader: str | None
     """The Flask app for one catalogue and one grades database."""
     state = Inspector(catalogue, db, default_grader=default_grader)
     app = Flask(__name__, static_folder=str(STATIC), static_url_path="/static")
-    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # the simulator's metadata keeps its order
     app.extensions["lensfinder_inspector"] = state
 
     def grader_arg(value: str | None = None) -> str:
@@ -178,7 +180,9 @@ def create_app(catalogue: Catalogue, db: GradesDB, *, default_grader: str | None
         row["problem"] = problem
         row["bands"] = [] if image is None else band_names(catalogue.files(candidate), image.shape[0])
         row["shape"] = None if image is None else list(image.shape)
-        row["metadata"] = catalogue.metadata(candidate)
+        metadata = catalogue.metadata(candidate)
+        first = [k for k in METADATA_FIRST if k in metadata]
+        row["metadata"] = {k: metadata[k] for k in first + [k for k in metadata if k not in first]}
         return jsonify(row)
 
     @app.get("/api/resume")

@@ -218,12 +218,12 @@ async function renderZoom() {
     panels.appendChild(p);
   } else {
     panels.appendChild(panel(imgUrl(d.index, "composite"),
-      d.bands.length === 3 ? `composite (${d.bands[2]}, ${d.bands[1]}, ${d.bands[0]} as RGB; Lupton asinh)` : "asinh", true));
-    d.bands.forEach((name, k) => panels.appendChild(panel(imgUrl(d.index, "band", k), `${name} band (asinh)`)));
+      d.bands.length === 3 ? `composite: ${d.bands[2]}, ${d.bands[1]}, ${d.bands[0]} as RGB (Lupton asinh)` : "asinh", true));
     const mid = Math.floor(d.bands.length / 2);
-    panels.appendChild(panel(imgUrl(d.index, "residual", mid), `${d.bands[mid]} band, residual stretch (\u00b1\u03c3 around sky)`));
+    panels.appendChild(panel(imgUrl(d.index, "residual", mid), `${d.bands[mid]}, residual stretch (\u00b1\u03c3 about sky)`));
     if (d.bands.length >= 3)
       panels.appendChild(panel(imgUrl(d.index, "difference"), `${d.bands[0]} \u2212 k\u00b7${d.bands[d.bands.length - 1]} (lens light removed)`));
+    d.bands.forEach((name, k) => panels.appendChild(panel(imgUrl(d.index, "band", k), `${name} band (asinh)`)));
   }
   const facts = $("zoom-facts");
   facts.replaceChildren();
@@ -246,7 +246,13 @@ async function renderZoom() {
   }
 }
 
-async function openZoom() { S.zoom = true; $("zoom").hidden = false; await renderZoom(); }
+async function openZoom() {
+  S.zoom = true;
+  $("zoom").style.top = `${document.querySelector("header").offsetHeight}px`;
+  $("zoom").style.bottom = `${document.querySelector("footer").offsetHeight}px`;
+  $("zoom").hidden = false;
+  await renderZoom();
+}
 function closeZoom() { S.zoom = false; $("zoom").hidden = true; const c = cardFor(S.selected); if (c) c.scrollIntoView({block: "nearest"}); }
 
 function columns() {
@@ -270,18 +276,18 @@ function refreshImages() {
 
 function setupSliders() {
   const stretch = $("stretch"), qs = $("q");
-  const saved = JSON.parse(localStorage.getItem("lensfinder-stretch") || "null");
+  const saved = JSON.parse(localStorage.getItem("lensfinder-stretch-v1") || "null");
   if (saved) { stretch.value = saved.stretch; qs.value = saved.q; }
   const apply = () => {
     S.stretch = Math.pow(10, Number(stretch.value));
-    S.q = Math.pow(10, Number(qs.value));
+    S.q = Number(qs.value);
     $("stretch-value").textContent = S.stretch.toFixed(2);
     $("q-value").textContent = S.q.toFixed(1);
   };
   apply();
   const changed = () => {
     apply();
-    localStorage.setItem("lensfinder-stretch", JSON.stringify({stretch: stretch.value, q: qs.value}));
+    localStorage.setItem("lensfinder-stretch-v1", JSON.stringify({stretch: stretch.value, q: qs.value}));
     refreshImages();
   };
   stretch.addEventListener("change", changed);
