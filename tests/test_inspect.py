@@ -142,6 +142,20 @@ def test_images_and_metadata(client, catalogue):
     assert http.get("/api/item/20").get_json()["metadata"] == {}
 
 
+def test_one_fits_file_per_band(tmp_path):
+    from astropy.io import fits
+
+    rng = np.random.default_rng(1)
+    (tmp_path / "cutouts").mkdir()
+    for k, band in enumerate("irg"):  # written out of order: shown as g, r, i
+        fits.PrimaryHDU(rng.normal(k, 1, (32, 32)).astype(np.float32)).writeto(tmp_path / "cutouts" / f"obj_{band}.fits")
+    (tmp_path / "cat.csv").write_text("rank,path,p_nonlens,p_lens,score,predicted\n1,cutouts/obj,0.1,0.9,2.2,lens\n")
+    http = create_app(read_catalogue(tmp_path / "cat.csv"), GradesDB(tmp_path / "g.sqlite"), default_grader="a").test_client()
+    detail = http.get("/api/item/0").get_json()
+    assert detail["problem"] is None and detail["bands"] == ["g", "r", "i"] and detail["shape"] == [3, 32, 32]
+    assert http.get("/img/0/composite.png").status_code == 200
+
+
 def test_composite_puts_i_in_red_and_g_in_blue():
     rng = np.random.default_rng(0)
     image = rng.normal(0, 1, (3, 32, 32))
@@ -301,12 +315,14 @@ def test_grades_cli_gallery_and_labelled_folder(catalogue, tmp_path):
     db = _graded_db(tmp_path / "g.sqlite", objects[:3])
     for k, obj in enumerate(objects[3:6]):  # three more graded not a lens, with the catalogue to resolve paths
         db.set_grade(obj, "alice", 0, rank=4 + k, score=0.0, catalogue=str(catalogue))
+    db.set_grade(objects[20], "alice", 0, rank=21, score=-30.0, catalogue=str(catalogue))  # its cutout is gone
     runner = CliRunner()
     result = runner.invoke(cli_app, ["grades", str(tmp_path / "g.sqlite"), "--out", str(tmp_path / "graded.parquet"),
                                      "--gallery", str(tmp_path / "gallery.html"),
                                      "--labelled-folder", str(tmp_path / "labelled")])
     assert result.exit_code == 0, result.output
-    assert "Fleiss' kappa 0.400" in result.output and "1 A, 1 B, 0 C, 4 not a lens" in result.output
+    assert "Fleiss' kappa 0.400" in result.output and "1 A, 1 B, 0 C, 5 not a lens" in result.output
+    assert "left out: " in result.output and "gone.npy: cutout file not found" in result.output
     assert json.loads((tmp_path / "graded.agreement.json").read_text())["fleiss_kappa"] == pytest.approx(0.4)
     page = (tmp_path / "gallery.html").read_text()
     assert page.count("<figure") == 2 and page.count('src="data:image/png;base64,') == 2

@@ -84,6 +84,9 @@ def train(
     test_fraction: Optional[float] = typer.Option(None, help="hold out this share of train as the test split (layouts without one)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint; any other "
                                 "setting must match the run's, except a larger --epochs (plateau scheduler)"),
+    init: Optional[str] = typer.Option(None, help="start from trained weights: 'shipped' or a run folder / .safetensors "
+                                       "(learning rate: the recipe's x 0.1 unless --lr)"),
+    freeze: Optional[str] = typer.Option(None, help="with --init: none | stem (keep the stem fixed) | body (train the head only)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Train a model; writes config, checkpoints, history, model.safetensors and figures into --out."""
@@ -95,7 +98,8 @@ def train(
                  scheduler=scheduler, normalization=normalization, augment=augment, tta=tta, class_weights=class_weights,
                  sampling=sampling, seed=seed, devices=devices, num_nodes=num_nodes, accelerator=accelerator, strategy=strategy,
                  precision=precision, num_workers=num_workers, stream_preset=stream_preset, steps_per_epoch=steps_per_epoch,
-                 early_stopping=early_stopping, test_fraction=test_fraction, lens_fraction=lens_fraction)
+                 early_stopping=early_stopping, test_fraction=test_fraction, lens_fraction=lens_fraction, init=init,
+                 freeze=freeze)
     values.update({k: v for k, v in flags.items() if v is not None})
     values.update(task=task, data=str(data), out=str(out), progress=progress)
     values.update({k: True for k, given in (("allow_pickle", allow_pickle), ("stream", stream),
@@ -221,11 +225,16 @@ def grades(
     2.5; B: 1.5 < mean <= 2.5; C: 0.5 < mean <= 1.5; else not a lens), and the agreement between graders
     (pairwise Cohen's and Fleiss' kappa).
 
-    Closing the loop: `--labelled-folder DIR` copies the A/B lenses (down to --min-class) into DIR/train_lenses
-    and the objects graded not a lens into DIR/train_nonlenses; then
-    `lensfinder train --task lensfinding --data DIR --out runs/finetuned` trains on the graders' labels
-    (the layout has only train_ folders: training holds out a seeded validation share, and --test-fraction 0.1
-    a test share). Objects between the two (class C with the default --min-class B) are left out."""
+    Closing the loop (fine-tuning on the graders' labels):
+
+      lensfinder grades grades.sqlite --labelled-folder DIR [--min-class B]
+
+      lensfinder train --task lensfinding --data DIR --out runs/finetuned
+
+    DIR/train_lenses gets copies of the lenses of class --min-class or better (default: A and B).
+    DIR/train_nonlenses gets the objects graded not a lens (mean grade <= 0.5); the rest are left out.
+    Training holds out a seeded validation share of them (and a test share with --test-fraction 0.1).
+    """
     from .inspect import results
 
     if out is not None:
@@ -248,10 +257,12 @@ def grades(
     if gallery is not None:
         typer.echo(f"gallery written to {results.write_gallery(objects, gallery)}")
     if labelled_folder is not None:
-        counts = results.write_labelled_folder(objects, labelled_folder, min_class=min_class)
-        typer.echo(f"labelled folder written to {labelled_folder}: {counts['train_lenses']} lens(es), "
-                   f"{counts['train_nonlenses']} non-lens(es); fine-tune with "
-                   f"`lensfinder train --task lensfinding --data {labelled_folder} --out runs/finetuned`")
+        labelled = results.write_labelled_folder(objects, labelled_folder, min_class=min_class)
+        typer.echo(f"labelled folder written to {labelled_folder}: {labelled.lenses} lens(es), {labelled.nonlenses} "
+                   f"non-lens(es); train on it with `lensfinder train --task lensfinding --data {labelled_folder} "
+                   "--out runs/finetuned`")
+        for object_id, reason in labelled.skipped:
+            typer.secho(f"left out: {reason}", err=True, fg=typer.colors.YELLOW)
 
 
 def main() -> None:

@@ -260,11 +260,22 @@ i, r, g as red, green, blue.</p>
 MIN_CLASSES = ("A", "B", "C")
 
 
-def write_labelled_folder(objects: list[GradedObject], folder: Path, *, min_class: str = "B") -> dict[str, int]:
+@dataclass(frozen=True)
+class Labelled:
+    """What `write_labelled_folder` wrote, and the graded objects whose cutout could not be read (with why)."""
+
+    folder: Path
+    lenses: int
+    nonlenses: int
+    skipped: list[tuple[str, str]]
+
+
+def write_labelled_folder(objects: list[GradedObject], folder: Path, *, min_class: str = "B") -> Labelled:
     """Copy the graded cutouts into the lens-finding layout under `folder`: train_lenses/ for the objects of class
     `min_class` or better (A; A and B; or A, B and C), train_nonlenses/ for those graded not a lens (mean grade
     <= 0.5); the rest (e.g. C with min_class B) are left out. .npy cutouts are copied as they are; FITS ones are
-    written as .npy. labels.csv lists each copy with its source, class and mean grade.
+    written as .npy; a cutout that cannot be read is left out and listed in the result. labels.csv lists each
+    copy with its source, class and mean grade.
     `lensfinder train --task lensfinding --data FOLDER` then trains (or fine-tunes) on them."""
     if min_class not in MIN_CLASSES:
         raise InputError(f"--min-class {min_class!r}: expected one of {', '.join(MIN_CLASSES)}")
@@ -280,26 +291,31 @@ def write_labelled_folder(objects: list[GradedObject], folder: Path, *, min_clas
         raise InputError(f"no graded object is class {'/'.join(lens_classes)} or not a lens; grade more candidates first")
     from . import render
 
-    listing = []
+    listing, counts, skipped = [], {name: 0 for name in targets}, []
     for name, chosen in targets.items():
         (folder / name).mkdir(parents=True, exist_ok=True)
         for o in chosen:
-            files = _files_of(o)
             stem = Path(o.object).name.split(".")[0]
             target = folder / name / f"rank{o.rank if o.rank is not None else 0:07d}_{stem}.npy"
-            if len(files) == 1 and files[0].suffix == ".npy":
-                with atomic_path(target) as tmp:
+            try:
+                files = _files_of(o)
+                image = render.read_image(files)  # a cutout that does not read would only fail the training later
+            except InputError as err:
+                skipped.append((o.object, str(err)))
+                continue
+            with atomic_path(target) as tmp:
+                if len(files) == 1 and files[0].suffix == ".npy":
                     shutil.copyfile(files[0], tmp)
-            else:
-                with atomic_path(target) as tmp:
-                    np.save(tmp, render.read_image(files))
+                else:
+                    np.save(tmp, image)
+            counts[name] += 1
             listing.append({"file": f"{name}/{target.name}", "object": o.object, "class": o.lens_class,
                             "mean_grade": repr(o.mean_grade), "n_graders": o.n_graders})
     with atomic_write(folder / "labels.csv", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["file", "object", "class", "mean_grade", "n_graders"])
         writer.writeheader()
         writer.writerows(listing)
-    return {name: len(chosen) for name, chosen in targets.items()}
+    return Labelled(folder, counts["train_lenses"], counts["train_nonlenses"], skipped)
 
 
 def load_objects(db_path: Path) -> list[GradedObject]:
