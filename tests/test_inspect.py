@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -422,14 +423,23 @@ def test_grading_in_chromium(catalogue, tmp_path):
         assert [card(k).get_attribute("data-grade") for k in range(5)] == ["3", "2", "0", "2", ""]
         assert selected() == 4
 
-        press(Keys.ENTER)  # the zoomed view: bands, composite, residual stretch, metadata
-        wait.until(lambda d: d.find_element(By.ID, "zoom").is_displayed()
-                   and d.find_element(By.ID, "zoom").get_attribute("data-index") == "4"
-                   and len(d.find_elements(By.CSS_SELECTOR, "#zoom-panels img")) == 6 and images_loaded())
+        def zoomed(index: int) -> bool:
+            zoom = driver.find_element(By.ID, "zoom")
+            return (zoom.is_displayed() and zoom.get_attribute("data-index") == str(index)
+                    and len(driver.find_elements(By.CSS_SELECTOR, "#zoom-panels img")) == 6 and images_loaded())
+
+        card(0).click()  # the zoomed view of the top candidate: composite, residual stretch, bands, metadata
+        press(Keys.ENTER)
+        wait.until(lambda d: zoomed(0))
         zoom_text = driver.find_element(By.ID, "zoom").text
         assert "theta_e_arcsec" in zoom_text and "g band" in zoom_text and "residual stretch" in zoom_text
+        assert re.search(r"your grade\s+3 \(definite\)", zoom_text)
         driver.save_screenshot(str(tmp_path / "inspect_zoom.png"))
         shutil.copyfile(tmp_path / "inspect_zoom.png", FIGURES / "inspect_zoom.png")
+        press(Keys.ESCAPE)
+        card(4).click()
+        press(Keys.ENTER)
+        wait.until(lambda d: zoomed(4))
         press("1")  # grading in the zoomed view moves the zoom on
         wait.until(lambda d: d.find_element(By.ID, "zoom").get_attribute("data-index") == "5")
         press(Keys.ESCAPE)
