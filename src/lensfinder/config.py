@@ -48,7 +48,11 @@ SAMPLINGS = ("shuffle", "balanced")
 # Settings that are not part of a recipe: their defaults (see the comments on TrainConfig).
 RUN_DEFAULTS = dict(val_fraction=0.1, test_fraction=0.0, seed=0, num_workers=0, accelerator="auto", devices="auto", num_nodes=1,
                     strategy="auto", precision="32-true", deterministic=False, allow_pickle=False, stream=False,
-                    steps_per_epoch=200, early_stopping=0, progress=True)
+                    steps_per_epoch=200, early_stopping=0, progress=True, freeze="none")
+FREEZES = ("none", "stem", "body")
+# Starting from trained weights (--init) the recipe's learning rate is scaled by this unless --lr is given:
+# the features are there already, and the full rate would first undo them.
+INIT_LR_FACTOR = 0.1
 STREAM_LENS_FRACTION = 0.5  # the stream's default share of lenses (balanced)
 
 
@@ -91,6 +95,8 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # 200: batches per epoch when streaming
     early_stopping: int | None = None  # 0: stop after this many epochs without val-loss improvement; 0: never
     progress: bool | None = None  # True: progress bar
+    init: str | None = None  # None: random weights; "shipped" (the task's shipped weights) or a run folder / .safetensors
+    freeze: str | None = None  # "none": with --init, "stem" keeps the stem's trained weights fixed, "body" trains only the head
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None filled from the model's recipe, and every value checked."""
@@ -105,6 +111,8 @@ class TrainConfig:
         if recipe not in RECIPES:
             raise InputError(f"unknown recipe {recipe!r}; expected one of {', '.join(RECIPES)}")
         filled = {k: v for k, v in {**RECIPES[recipe][self.task], **RUN_DEFAULTS}.items() if getattr(self, k) is None}
+        if self.init and self.lr is None:
+            filled["lr"] = RECIPES[recipe][self.task]["lr"] * INIT_LR_FACTOR
         cfg = replace(self, model=model, recipe=recipe, **filled)
         if cfg.stream and cfg.task == "lensfinding" and cfg.lens_fraction is None:
             cfg = replace(cfg, lens_fraction=STREAM_LENS_FRACTION)
@@ -133,6 +141,11 @@ class TrainConfig:
             raise InputError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not 0 <= self.test_fraction < 1:
             raise InputError(f"test_fraction must be in [0, 1), got {self.test_fraction}; e.g. --test-fraction 0.1")
+        if self.freeze not in FREEZES:
+            raise InputError(f"unknown --freeze {self.freeze!r}; expected one of {', '.join(FREEZES)}")
+        if self.freeze != "none" and not self.init:
+            raise InputError(f"--freeze {self.freeze} keeps trained weights fixed, so it needs --init shipped (or a run "
+                             "folder) to start from")
         if self.stream and not self.stream_preset:
             raise InputError("streaming needs a simulator preset: pass --stream-preset (e.g. deeplense-model-iii or lsst-gri)")
         if self.lens_fraction is not None:

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from ..validation import InputError
 from . import conventions as conv
 from . import physics, render
 
@@ -57,7 +58,7 @@ def sample_substructure(rng: np.random.Generator, cls: str, preset: dict, *,
         p.update(point_x=px, point_y=py, point_mass=np.full(n, vort["total_mass_msun"] / n),
                  axion_mass_ev=m_a, vortex_half_length_arcsec=half_length, vortex_angle_rad=angle)
     elif cls != "no":
-        raise ValueError(f"unknown substructure class {cls!r}; expected one of {SUBSTRUCTURE_CLASSES}")
+        raise InputError(f"unknown substructure class {cls!r}; expected one of {SUBSTRUCTURE_CLASSES}")
     if len(p["point_mass"]):
         m = p["point_mass"]
         s = np.sort(m)  # min, max and median (the values np.min / np.max / np.median give, faster)
@@ -238,7 +239,7 @@ def _confuser(rng, family: str, pop: dict, mag_i: float, gx: float, gy: float) -
         elif kind == "dust_lane":
             light += _dust_lane(rng, comp, gal, gx, gy, host_flux)
         else:
-            raise ValueError(f"confuser family {family!r}: unknown component type {kind!r} "
+            raise InputError(f"confuser family {family!r}: unknown component type {kind!r} "
                              "(expected ring, companion, knots or dust_lane)")
     return light, rings, gal
 
@@ -285,7 +286,7 @@ def _artefacts(rng, pop: dict, half: float) -> list[dict]:
             out.append({"kind": kind, "x": x, "y": y, "amplitude_sigma": _u(rng, a["amplitude_sigma"]),
                         "scale_arcsec": _u(rng, a["scale_arcsec"])})
         else:
-            raise ValueError(f"unknown artefact kind {kind!r} in the preset (expected cosmic_ray, satellite_trail, "
+            raise InputError(f"unknown artefact kind {kind!r} in the preset (expected cosmic_ray, satellite_trail, "
                              "bright_star, bad_pixels or sky_residual)")
     return out
 
@@ -351,7 +352,7 @@ def select_confusers(preset: dict, spec: list[str] | None) -> dict:
     names = [n.strip() for n in spec if n.strip()]
     unknown = [n for n in names if n.lstrip("-") not in known and n != "all"]
     if unknown:
-        raise ValueError(f"unknown confuser famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+        raise InputError(f"unknown confuser famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
                          f"known: {', '.join(known)} (or all; prefix a name with - to leave it out)")
     include = [n for n in names if not n.startswith("-")]
     chosen = set(known) if not include or "all" in include else set(include)

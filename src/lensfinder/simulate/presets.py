@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from ..validation import InputError
+
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 _TASK_BASE = {"substructure": "_substructure.yaml", "lensfinding": "_lensfinding.yaml"}
 
@@ -38,11 +40,11 @@ def load_preset(name: str, *, task: str | None = None) -> dict:
     """The merged preset as a plain dict; raises ValueError naming the known presets."""
     known = list_presets()
     if name not in known:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(known)}")
+        raise InputError(f"unknown preset {name!r}; known presets: {', '.join(known)}")
     raw = _raw(name)
     if task is not None and raw["task"] != task:
         fits = [n for n in known if _raw(n)["task"] == task]
-        raise ValueError(
+        raise InputError(
             f"preset {name!r} is a {raw['task']} preset, not {task}; use one of: {', '.join(fits)}"
         )
     preset = _merge(_raw(_TASK_BASE[raw["task"]][:-5]), raw)

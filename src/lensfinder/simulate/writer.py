@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from ..data.layouts import atomic_write, write_text_atomic
+from ..validation import InputError
 from . import population as pop
 from .engine import LensfindingSimulator, SubstructureSimulator
 from .presets import load_preset
@@ -47,20 +48,20 @@ LENSFINDING_COLUMNS = [
 # ----------------------------------------------------------------------------- validation
 def _check_counts(counts, allowed) -> dict[str, int]:
     if not isinstance(counts, dict) or not counts:
-        raise ValueError(f"counts: expected a dict with keys among {list(allowed)}, found {counts!r}")
+        raise InputError(f"counts: expected a dict with keys among {list(allowed)}, found {counts!r}")
     out = {}
     for key, value in counts.items():
         if key not in allowed:
-            raise ValueError(f"counts: unknown key {key!r}; expected keys among {list(allowed)}")
+            raise InputError(f"counts: unknown key {key!r}; expected keys among {list(allowed)}")
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"counts[{key!r}]: expected a non-negative integer, found {value!r}")
+            raise InputError(f"counts[{key!r}]: expected a non-negative integer, found {value!r}")
         out[key] = int(value)
     return out
 
 
 def _check_positive(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, found {value!r}")
+        raise InputError(f"{name}: expected a positive integer, found {value!r}")
     return int(value)
 
 
@@ -142,7 +143,7 @@ def _check_run_config(out_dir: Path, config: dict) -> None:
     old = yaml.safe_load(path.read_text()) or {}
     for key, value in config.items():
         if key in old and old[key] != value:
-            raise ValueError(f"{out_dir}: holds a simulation with {key}={old[key]!r}, asked for {value!r}; "
+            raise InputError(f"{out_dir}: holds a simulation with {key}={old[key]!r}, asked for {value!r}; "
                              "use another --out folder or the same settings to resume")
 
 
@@ -261,7 +262,7 @@ def substructure_output(image: np.ndarray, cfg: dict) -> np.ndarray:
     ((x - min) / (max - min), in float64), then `output_dtype` (default float32, the published Models' dtype)."""
     scaling, dtype = cfg.get("output_scaling", "none"), cfg.get("output_dtype", "float32")
     if scaling not in SUBSTRUCTURE_OUTPUT_SCALINGS or dtype not in SUBSTRUCTURE_OUTPUT_DTYPES:
-        raise ValueError(f"preset {cfg.get('name')!r}: output_scaling must be one of {SUBSTRUCTURE_OUTPUT_SCALINGS} "
+        raise InputError(f"preset {cfg.get('name')!r}: output_scaling must be one of {SUBSTRUCTURE_OUTPUT_SCALINGS} "
                          f"and output_dtype one of {SUBSTRUCTURE_OUTPUT_DTYPES}, found {scaling!r} and {dtype!r}")
     if scaling == "minmax":
         lo, hi = image.min(), image.max()
@@ -312,7 +313,7 @@ def simulate_substructure(out_dir, *, preset: str, counts: dict[str, int], seed:
     batch_size = _check_positive("batch_size", batch_size)
     workers = _check_positive("workers", workers)
     if distances not in (None, "luminosity", "angular"):
-        raise ValueError(f"distances: expected 'luminosity' or 'angular', found {distances!r}")
+        raise InputError(f"distances: expected 'luminosity' or 'angular', found {distances!r}")
     use_noise = cfg["noise"]["default"] if noise is None else bool(noise)
     substructure_output(np.zeros((2, 2)), cfg)  # refuses an unknown output_dtype / output_scaling up front
     out_dir = Path(out_dir)

@@ -19,7 +19,8 @@ class LensModule(L.LightningModule):
     def __init__(self, *, task: str, model_name: str, in_channels: int, num_classes: int, image_size: int,
                  class_names: list[str], normalization: dict, class_weights: list[float] | None,
                  lr: float, weight_decay: float, scheduler: str, optimizer: str = "adam", augment: bool, tta: bool,
-                 preset: str | None = None, model_kwargs: dict | None = None, calibration: dict | None = None):
+                 preset: str | None = None, model_kwargs: dict | None = None, calibration: dict | None = None,
+                 parent: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(model_name, in_channels, num_classes, image_size=image_size, **(model_kwargs or {}))

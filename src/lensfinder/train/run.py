@@ -217,6 +217,10 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
         augment=config.augment, tta=config.tta,
         preset=config.stream_preset if config.stream else _data_preset(Path(config.data)),
     )
+    if config.init:
+        parent = _init_from(module, config)
+        if chief:
+            write_text_atomic(run_dir / "parent.json", json.dumps(parent, indent=1))
     train_set = partial(_stream, config) if config.stream else PackedDataset(train_pack, train_listing.labels)
     datamodule = LensDataModule(train_set, PackedDataset(val_pack, val_listing.labels), batch_size=config.batch_size,
                                 num_workers=config.num_workers, sampling=config.sampling, seed=config.seed)
@@ -238,6 +242,39 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
         export_model(module, run_dir / "model.safetensors")
         plot_history(read_history(run_dir / "history.csv"), run_dir / "figures" / "history.png")
     return Run(run_dir)
+
+
+def _init_from(module: LensModule, config: TrainConfig) -> dict:
+    """Copy trained weights (`config.init`: "shipped" or a run folder / .safetensors file) into `module`, freeze
+    what `config.freeze` asks, and return the parent's record (name, file, SHA-256), also kept in the module's
+    hyperparameters so that the exported model carries it."""
+    import hashlib
+
+    hp = module.hparams
+    if config.init == "shipped":
+        from ..evaluate.shipped import shipped_weights  # the package's weights registry
+
+        path = shipped_weights(config.task, channels=hp.in_channels, size=hp.image_size)
+    else:
+        path = Path(config.init)
+        path = path / "model.safetensors" if path.is_dir() else path
+    parent = load_model(path)
+    php = parent.hparams
+    problems = [f"{name}: parent {php[name]!r}, this run {hp[name]!r}"
+                for name in ("task", "model_name", "in_channels", "num_classes", "class_names")
+                if php[name] != hp[name]]
+    if problems:
+        raise InputError(f"{path}: cannot start this run from these weights ({'; '.join(problems)}); pass --model "
+                         f"{php['model_name']} and data of the parent's task and bands, or train without --init")
+    module.model.load_state_dict(parent.model.state_dict())
+    frozen = {"none": (), "stem": ("stem",), "body": tuple(n for n, _ in module.model.named_children() if n != "head")}
+    for name in frozen[config.freeze]:
+        for p in getattr(module.model, name).parameters():
+            p.requires_grad_(False)
+    record = {"init": config.init, "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+              "model": php["model_name"], "preset": php.get("preset"), "freeze": config.freeze}
+    hp["parent"] = record
+    return record
 
 
 def _record_resume(run_dir: Path, ckpt_path: Path, extension: dict | None) -> None:
