@@ -93,16 +93,16 @@ def make_subset(pool: Path, out: Path, *, lenses: int, nonlenses: int, exclude: 
 
 
 @torch.no_grad()
-def lens_scores(model_path: Path, test: Path, *, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Labels, float64 lens log-odds (calibrated, 8-view averaged as the model ships) and manifest rows of
-    `test`'s test split."""
+def lens_scores(model_path: Path, test: Path, *, tta: bool = True, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Labels, float64 lens log-odds (calibrated; averaged over the 8 D4 views with `tta`, as the shipped model
+    predicts) and manifest rows of `test`'s test split."""
     module = load_model(model_path).for_inference()
     positive = list(module.hparams.class_names).index("lens")
     rows = [r for r in _manifest(test) if r["split"] == "test"]
     scores = []
     for i in range(0, len(rows), batch_size):
         x = torch.from_numpy(np.stack([np.load(test / r["path"]) for r in rows[i:i + batch_size]]))
-        scores.append(M.log_odds(module.predict_logits(x).numpy(), positive))
+        scores.append(M.log_odds(module.predict_logits(x, tta=tta).numpy(), positive))
     labels = np.array([r["label"] == "lens" for r in rows])
     return labels, np.concatenate(scores), rows
 
@@ -138,18 +138,20 @@ def cmd_loo(args) -> None:
         run = ROOT / "runs" / "robustness" / name
         cmd = [sys.executable, "-m", "lensfinder", "train", "--task", "lensfinding", "--data", str(data),
                "--out", str(run), "--epochs", str(args.epochs), "--seed", str(args.seed), "--no-progress"]
+        if args.init:
+            cmd += ["--init", args.init]
         if (run / "checkpoints" / "last.ckpt").is_file():
             cmd.append("--resume")
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         start = time.perf_counter()
         subprocess.run(cmd, check=True, env=env)
         seconds = time.perf_counter() - start
-        labels, scores, rows = lens_scores(run / "model.safetensors", args.test)
+        labels, scores, rows = lens_scores(run / "model.safetensors", args.test, tta=args.tta)
         held = set(families)
         in_group = np.array([bool(_families(r) & held) for r in rows])
         row = {"kind": "leave-one-group-out", "name": name, "left_out": group, "families": families,
-               "train_lenses": args.lenses, "train_nonlenses": args.nonlenses, "epochs": args.epochs,
-               "train_seconds": seconds, "threads": args.threads, "test": str(args.test),
+               "train_lenses": args.lenses, "train_nonlenses": args.nonlenses, "epochs": args.epochs, "init": args.init,
+               "train_seconds": seconds, "threads": args.threads, "test": str(args.test), "tta": args.tta,
                **score(labels, scores, rows), "group_only": None,
                "group_nonlenses_in_test": int((in_group & ~labels).sum())}
         if held and in_group.any():  # lenses against the held-out group's non-lenses only
@@ -163,8 +165,9 @@ def cmd_cross(args) -> None:
     for spec in args.set:
         label, path = spec.split("=", 1)
         name = f"cross-{args.label}-{label}"
-        labels, scores, rows = lens_scores(args.model, Path(path))
+        labels, scores, rows = lens_scores(args.model, Path(path), tta=args.tta)
         row = {"kind": "cross", "name": name, "model": args.label, "model_path": str(args.model), "test_set": label,
+               "tta": args.tta,
                "test": path, **score(labels, scores, rows)}
         _save_row(name, row)
         print(f"{name}: AUC {row['auc']:.4f} TPR0 {row['tpr0']:.3f} TPR10 {row['tpr10']:.3f}")
@@ -178,12 +181,13 @@ def cmd_table(args) -> None:
     rows = [json.loads(p.read_text()) for p in sorted(ROWS.glob("*.json"))]
     loo = [r for r in rows if r["kind"] == "leave-one-group-out"]
     ref = next((r for r in loo if r["left_out"] == "reference"), None)
-    lines = ["| row | train (lenses : non-lenses, epochs) | test | AUC | TPR0 | TPR10 | TPR10 - reference | top-50 false positives |",
+    lines = ["| row | train (lenses : non-lenses, epochs) | test (lenses : non-lenses) | AUC | TPR0 | TPR10 | TPR10 - reference | top-50 false positives |",
              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(loo, key=lambda r: r["left_out"] != "reference"):
         delta = None if ref is None or r is ref else r["tpr10"] - ref["tpr10"]
         top = ", ".join(f"{k} {v}" for k, v in list(r["top_false_families"].items())[:4])
-        lines.append(f"| without {r['left_out']} | {r['train_lenses']} : {r['train_nonlenses']}, {r['epochs']} | "
+        lines.append(f"| without {r['left_out']} | {r['train_lenses']} : {r['train_nonlenses']}, {r['epochs']}"
+                     f"{', from ' + Path(r['init']).name if r.get('init') else ''} | "
                      f"{Path(r['test']).name} ({r['n_lenses']} : {r['n_nonlenses']}) | {_fmt(r['auc'])} | "
                      f"{_fmt(r['tpr0'], 3)} | {_fmt(r['tpr10'], 3)} | {_fmt(delta, 3)} | {top} |")
     for r in [r for r in rows if r["kind"] == "cross"]:
@@ -209,10 +213,15 @@ def main(argv: list[str] | None = None) -> None:
     loo.add_argument("--seed", type=int, default=0)
     loo.add_argument("--threads", type=int, default=1)
     loo.add_argument("--groups", nargs="*", choices=list(GROUPS))
+    loo.add_argument("--init", default=None, help="start every row from these weights (train --init), e.g. a file "
+                     "of the weights shipped before the population was broadened")
     cross = sub.add_parser("cross", help="one model on test sets it never saw")
     cross.add_argument("--model", type=Path, default=ROOT / "src" / "lensfinder" / "weights" / "lensfinding.safetensors")
     cross.add_argument("--label", default="shipped")
     cross.add_argument("--set", action="append", required=True, help="LABEL=DIR, repeatable")
+    for p in (loo, cross):
+        p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                       help="score with the mean over the 8 D4 views (as predict does by default)")
     table = sub.add_parser("table", help="merge the saved rows into results/<name>.json and .md")
     table.add_argument("--name", default="robustness")
     args = parser.parse_args(argv)
