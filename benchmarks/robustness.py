@@ -186,7 +186,8 @@ def cmd_table(args) -> None:
     for r in sorted(loo, key=lambda r: r["left_out"] != "reference"):
         delta = None if ref is None or r is ref else r["tpr10"] - ref["tpr10"]
         top = ", ".join(f"{k} {v}" for k, v in list(r["top_false_families"].items())[:4])
-        lines.append(f"| without {r['left_out']} | {r['train_lenses']} : {r['train_nonlenses']}, {r['epochs']}"
+        label = "every family (reference)" if r["left_out"] == "reference" else f"without {r['left_out']}"
+        lines.append(f"| {label} | {r['train_lenses']} : {r['train_nonlenses']}, {r['epochs']}"
                      f"{', from ' + Path(r['init']).name if r.get('init') else ''} | "
                      f"{Path(r['test']).name} ({r['n_lenses']} : {r['n_nonlenses']}) | {_fmt(r['auc'])} | "
                      f"{_fmt(r['tpr0'], 3)} | {_fmt(r['tpr10'], 3)} | {_fmt(delta, 3)} | {top} |")
