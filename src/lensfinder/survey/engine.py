@@ -1,0 +1,329 @@
+"""`predict_survey`: score a cube or tiles + catalogue with Lightning's `Trainer.predict` on 1..N processes (the
+training flags: --accelerator, --devices, --num-nodes, --strategy). The rows are cut into fixed chunks; each rank
+writes one Parquet part per chunk, atomically, through a prediction writer, so a killed run started again with the
+same command scores only the chunks whose part is missing. The parts are then merged into the ranked catalogue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.layouts import atomic_path, write_text_atomic
+from ..evaluate.inference import softmax
+from ..evaluate.shipped import shipped_weights
+from ..metrics import log_odds
+from ..train.run import load_model
+from ..validation import InputError
+from .merge import CATALOGUE_SUFFIXES, MergeResult, merge_parts
+from .sources import CubeSource, TileSource, check_pixel_scale, group_tiles, is_cube
+
+# The writer gets each batch's rows from the batch itself, not from Lightning's sampler indices.
+warnings.filterwarnings("ignore", message=r".*Couldn't infer the batch indices")
+
+MANIFEST = "manifest.json"
+PARTS_FORMAT = "lensfinder-survey-parts-v1"
+DEFAULT_CHUNK_ROWS = 65536  # rows per Parquet part: the unit of resumption (10^8 objects -> ~1,500 parts)
+
+
+def part_name(chunk: int) -> str:
+    return f"part-{chunk:06d}.parquet"
+
+
+def parts_dir_for(out: Path) -> Path:
+    """Where the parts of catalogue `out` go by default: <out>.parts/ beside it."""
+    return Path(out).with_name(f"{Path(out).name}.parts")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_source(inputs: list[Path], *, catalogue: Path | None = None, bands: list[str] | None = None,
+                size: int | None = None, edge: str = "pad", pixel_scale_arcsec: float | None = None,
+                expected_by: str = "the model"):
+    """A `CubeSource` (one .h5/.hdf5/.zarr input) or a `TileSource` (per-band FITS tiles with `catalogue`)."""
+    inputs = [Path(p) for p in inputs]
+    if catalogue is None:
+        if len(inputs) != 1 or not is_cube(inputs[0]):
+            raise InputError(f"{', '.join(map(str, inputs))}: survey prediction reads one cube (.h5, .hdf5, .zarr), or "
+                             "FITS tiles with --catalogue; folders of .npy / FITS cutouts go to the folder path")
+        source = CubeSource(inputs[0])
+        if pixel_scale_arcsec is not None and source.pixel_scale_arcsec is not None:
+            check_pixel_scale(source.pixel_scale_arcsec, pixel_scale_arcsec, str(inputs[0]), what=expected_by)
+        return source
+    if not bands:
+        raise InputError("tiles + --catalogue need --bands (e.g. g,r,i): the tile files are NAME_<band>.fits, one per band")
+    if size is None:
+        raise InputError("tiles + --catalogue need the cutout size (--size, or a model that gives it)")
+    return TileSource(group_tiles(inputs, bands), Path(catalogue), size=size, edge=edge,
+                      pixel_scale_arcsec=pixel_scale_arcsec, expected_by=expected_by)
+
+
+def model_path(*, run: Path | None, task: str | None, preset: str | None = None, channels: int | None = None,
+               size: int | None = None) -> Path:
+    """The weights file that scores: a run folder's model.safetensors (or the file), else the shipped weights of
+    `task` that take `channels` x `size` x `size` cutouts (and were trained on `preset`, when given)."""
+    if run is not None:
+        path = Path(run)
+        return path / "model.safetensors" if path.is_dir() else path
+    if task is None:
+        raise InputError("say which model scores the cutouts: --run RUN_FOLDER, or --task TASK for the shipped weights")
+    return shipped_weights(task, preset=preset, channels=channels, size=size)
+
+
+def expected_pixel_scale(hparams, pixel_scale_arcsec: float | None) -> tuple[float | None, str]:
+    """The pixel scale the model was trained at (its preset's), or the one given; and who expects it."""
+    if pixel_scale_arcsec is not None:
+        return float(pixel_scale_arcsec), "--pixel-scale"
+    preset = hparams.get("preset")
+    if preset is None:
+        return None, "the model"
+    from ..simulate.presets import load_preset
+
+    return float(load_preset(preset)["pixel_scale_arcsec"]), f"the model (trained on preset {preset})"
+
+
+class ChunkBatches(Dataset):
+    """The batches of the chunks one rank scores: item i reads rows [start, stop) of one chunk from the source."""
+
+    def __init__(self, source, chunks: list[int], *, chunk_rows: int, batch_size: int):
+        self.source = source
+        self.items = []
+        for chunk in chunks:
+            begin, end = chunk * chunk_rows, min((chunk + 1) * chunk_rows, source.n)
+            starts = list(range(begin, end, batch_size))
+            self.items += [(chunk, s, min(s + batch_size, end), s == starts[-1]) for s in starts]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        chunk, start, stop, last = self.items[index]
+        block = self.source.read(start, stop)
+        good = np.array([not r for r in block.reasons], bool)
+        return {"chunk": chunk, "last": last, "start": start, "good": good,
+                "images": torch.from_numpy(np.ascontiguousarray(block.images[good])), "block": block}
+
+
+def _as_is(item: dict) -> dict:
+    return item
+
+
+class SurveyData(L.LightningDataModule):
+    """Shares the missing chunks between the ranks: rank r scores every world_size-th of them from r. Rank 0's
+    list is broadcast, so every rank agrees even while another is already writing parts."""
+
+    def __init__(self, source, parts: Path, *, n_chunks: int, chunk_rows: int, batch_size: int, num_workers: int,
+                 shard: tuple[int, int] | None):
+        super().__init__()
+        self.source, self.parts, self.n_chunks, self.chunk_rows = source, parts, n_chunks, chunk_rows
+        self.batch_size, self.num_workers, self.shard = batch_size, num_workers, shard
+        self.mine: list[int] = []
+
+    def setup(self, stage: str) -> None:
+        missing = self.trainer.strategy.broadcast(missing_chunks(self.parts, self.n_chunks, self.shard), src=0)
+        self.mine = missing[self.trainer.global_rank::self.trainer.world_size]
+
+    def predict_dataloader(self) -> DataLoader:
+        dataset = ChunkBatches(self.source, self.mine, chunk_rows=self.chunk_rows, batch_size=self.batch_size)
+        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is)
+
+
+class Scorer(L.LightningModule):
+    """Calibrated float64 log-space class scores (`LensModule.predict_logits`) of the cutouts of a batch that read."""
+
+    def __init__(self, module, *, tta: bool | None, prevalence: float | None):
+        super().__init__()
+        self.lens = module.for_inference()
+        self.tta, self.prevalence = tta, prevalence
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        images = batch["images"]
+        if not len(images):
+            return torch.zeros((0, self.lens.hparams.num_classes), dtype=torch.float64)
+        return self.lens.predict_logits(images, tta=self.tta, prevalence=self.prevalence).cpu()
+
+
+class PartWriter(BasePredictionWriter):
+    """Collects one chunk's rows and, at its last batch, writes part-NNNNNN.parquet atomically: the scored rows
+    sorted by score (descending, float64), then the rejected rows with their reason and a null score."""
+
+    def __init__(self, parts: Path, *, class_names: list[str], tta: bool, model: str, version: str):
+        super().__init__(write_interval="batch")
+        self.parts, self.class_names, self.tta, self.model, self.version = parts, class_names, tta, model, version
+        self.pending: list[tuple[dict, np.ndarray]] = []
+        self.written = 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        self.pending.append((batch, prediction.double().cpu().numpy()))
+        if batch["last"]:
+            write_part(self.parts / part_name(batch["chunk"]), self.pending, class_names=self.class_names,
+                       tta=self.tta, model=self.model, version=self.version)
+            self.pending = []
+            self.written += 1
+
+
+def write_part(path: Path, batches: list[tuple[dict, np.ndarray]], *, class_names: list[str], tta: bool, model: str,
+               version: str) -> None:
+    columns: dict[str, list] = {k: [] for k in ("row", "id", "ra", "dec", "edge", "padded_fraction", "reason")}
+    logits = []
+    for batch, batch_logits in batches:
+        block, good = batch["block"], batch["good"]
+        order = np.r_[np.flatnonzero(good), np.flatnonzero(~good)]  # the scored rows first, as the logits are
+        columns["row"].append(block.start + order)
+        for name in ("ra", "dec", "edge", "padded_fraction"):
+            columns[name].append(getattr(block, name)[order])
+        columns["id"].append(block.ids[order])
+        columns["reason"].append(np.array([block.reasons[i] or None for i in order], dtype=object))
+        logits.append(np.concatenate([batch_logits, np.full((int((~good).sum()), len(class_names)), np.nan)]))
+    merged = {k: np.concatenate(v) for k, v in columns.items()}
+    logits = np.concatenate(logits) if logits else np.zeros((0, len(class_names)))
+    scored = np.isfinite(logits[:, 0])
+    score = np.full(len(logits), np.nan)
+    probs = np.full(logits.shape, np.nan)
+    if scored.any():
+        score[scored] = log_odds(logits[scored], positive=1 if len(class_names) == 2 else None)
+        probs[scored] = softmax(logits[scored])
+    predicted = np.array([class_names[int(k)] if ok else None for k, ok in zip(logits.argmax(1), scored)], dtype=object)
+    order = np.r_[np.flatnonzero(scored)[np.lexsort((merged["row"][scored], -score[scored]))], np.flatnonzero(~scored)]
+    table = pa.table({
+        "row": pa.array(merged["row"][order], pa.int64()),
+        "id": pa.array(merged["id"][order].astype(str), pa.string()),
+        "ra": pa.array(merged["ra"][order], pa.float64()),
+        "dec": pa.array(merged["dec"][order], pa.float64()),
+        "score": pa.array(score[order], pa.float64(), mask=~scored[order]),
+        **{f"p_{c}": pa.array(probs[order, k], pa.float64(), mask=~scored[order]) for k, c in enumerate(class_names)},
+        "predicted": pa.array(predicted[order], pa.string()),
+        "edge": pa.array(merged["edge"][order], pa.bool_()),
+        "padded_fraction": pa.array(merged["padded_fraction"][order], pa.float32()),
+        "tta": pa.array(np.full(len(order), bool(tta)), pa.bool_()),
+        "model": pa.array([model] * len(order), pa.string()).dictionary_encode(),
+        "model_version": pa.array([version] * len(order), pa.string()).dictionary_encode(),
+        "reason": pa.array(merged["reason"][order], pa.string()),
+    })
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def missing_chunks(parts: Path, n_chunks: int, shard: tuple[int, int] | None = None) -> list[int]:
+    """The chunks (of this shard) whose part is not written yet."""
+    done = {p.name for p in Path(parts).glob("part-*.parquet")}
+    chunks = range(n_chunks) if shard is None else range(shard[0], n_chunks, shard[1])
+    return [c for c in chunks if part_name(c) not in done]
+
+
+def check_manifest(parts: Path, manifest: dict, *, write: bool) -> None:
+    """Parts from an earlier run are kept only when they were made by the same run (source, model, options);
+    anything else is refused by name. The first process writes the manifest of a new run."""
+    path = Path(parts) / MANIFEST
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise InputError(f"{path}: unreadable manifest; delete {parts} to start the run afresh") from None
+        changed = sorted(k for k in set(saved) | set(manifest) if saved.get(k) != manifest.get(k))
+        if changed:
+            listed = "; ".join(f"{k}: parts {saved.get(k)!r}, now {manifest.get(k)!r}" for k in changed)
+            raise InputError(f"{parts}: holds the parts of another run ({listed}); rerun with that run's settings to "
+                             f"resume it, or pass another --parts (or delete {parts}) to start anew")
+    elif write:
+        write_text_atomic(path, json.dumps(manifest, indent=1))
+
+
+@dataclass(frozen=True)
+class SurveyRun:
+    """What `predict_survey` did: the parts folder, the chunks written now and before, and the merged catalogue
+    (None while chunks are missing, e.g. with --shard)."""
+
+    parts: Path
+    chunks: int
+    done_before: int
+    written: int
+    merged: MergeResult | None
+
+
+def _trainer(*, accelerator: str, devices: str | int, num_nodes: int, strategy: str, precision: str, callbacks: list,
+             progress: bool) -> L.Trainer:
+    return L.Trainer(accelerator=accelerator, devices=int(devices) if str(devices).isdigit() else devices,
+                     num_nodes=num_nodes, strategy=strategy, precision=precision, callbacks=callbacks, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+                     use_distributed_sampler=False, inference_mode=True)
+
+
+def predict_survey(inputs: list[Path], out: Path, *, catalogue: Path | None = None, bands: list[str] | None = None,
+                   run: Path | None = None, task: str | None = None, preset: str | None = None, batch_size: int = 512,
+                   tta: bool | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, parts: Path | None = None,
+                   accelerator: str = "auto", devices: str | int = "auto", num_nodes: int = 1, strategy: str = "auto",
+                   precision: str = "32-true", num_workers: int = 0, prevalence: float | None = None,
+                   edge: str = "pad", pixel_scale_arcsec: float | None = None, shard: tuple[int, int] | None = None,
+                   top: int | None = None, progress: bool = False) -> SurveyRun:
+    """Score a cube (`inputs` = one .h5/.hdf5/.zarr) or per-band FITS tiles with `catalogue`, writing Parquet parts
+    into `parts` (default <out>.parts/) and, once every chunk is scored, the ranked catalogue `out` (.parquet, .csv
+    or .fits) with its rejected rows beside it (`merge.rejected_path_for`). Running the same call again after a
+    crash scores only the missing chunks; `shard=(k, n)` scores only the chunks k, k+n, ... (one job of n)."""
+    out = Path(out)
+    if not str(out).lower().endswith(CATALOGUE_SUFFIXES):
+        raise InputError(f"{out}: unsupported catalogue type; expected one of {', '.join(CATALOGUE_SUFFIXES)}")
+    if batch_size < 1 or chunk_rows < 1 or num_workers < 0:
+        raise InputError(f"--batch-size {batch_size} / --chunk-size {chunk_rows} / --num-workers {num_workers}: "
+                         "expected sizes >= 1 and a number of workers >= 0")
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise InputError(f"shard {shard[0]}/{shard[1]}: expected 0 <= K < N in --shard K/N")
+    if prevalence is not None and not 0 < prevalence < 1:
+        raise InputError(f"--prevalence must be in (0, 1), got {prevalence}")
+    cube = catalogue is None and len(inputs) == 1 and is_cube(inputs[0])
+    peek = CubeSource(Path(inputs[0])) if cube else None
+    weights = model_path(run=run, task=task, preset=preset, channels=peek.channels if peek else len(bands or []) or None,
+                         size=peek.size if peek else None)
+    module = load_model(weights)
+    hp = module.hparams
+    if task is not None and task != hp.task:
+        raise InputError(f"--task {task} disagrees with --run {run}, a {hp.task} model; drop --task, or pass a run "
+                         f"trained for {task}")
+    if prevalence is not None and (hp.num_classes != 2 or not hp.get("calibration")):
+        raise InputError("--prevalence needs a calibrated binary (lens-finding) model")
+    scale, expected_by = expected_pixel_scale(hp, pixel_scale_arcsec)
+    source = open_source(inputs, catalogue=catalogue, bands=bands, size=hp.image_size, edge=edge,
+                         pixel_scale_arcsec=scale, expected_by=expected_by)
+    if (source.channels, source.size) != (hp.in_channels, hp.image_size):
+        raise InputError(f"{inputs[0]}: cutouts of {source.channels} x {source.size} x {source.size}, but the model "
+                         f"({weights}) takes {hp.in_channels} x {hp.image_size} x {hp.image_size}; pass a model for "
+                         "these cutouts, or cut them to its size and bands")
+    use_tta = bool(hp.tta if tta is None else tta)
+    parts = Path(parts) if parts is not None else parts_dir_for(out)
+    n_chunks = -(-source.n // chunk_rows)
+    version = _sha256(weights)[:16]
+    manifest = {"format": PARTS_FORMAT, "source": source.description, "model": hp.model_name, "model_version": version,
+                "class_names": list(hp.class_names), "tta": use_tta, "prevalence": prevalence,
+                "chunk_rows": chunk_rows, "rows": source.n, "chunks": n_chunks}
+    writer = PartWriter(parts, class_names=list(hp.class_names), tta=use_tta, model=hp.model_name, version=version)
+    trainer = _trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                       precision=precision, callbacks=[writer], progress=progress)
+    chief = trainer.is_global_zero
+    check_manifest(parts, manifest, write=chief)
+    missing = missing_chunks(parts, n_chunks, shard)
+    share = len(range(n_chunks)) if shard is None else len(range(shard[0], n_chunks, shard[1]))
+    if missing:
+        data = SurveyData(source, parts, n_chunks=n_chunks, chunk_rows=chunk_rows, batch_size=batch_size,
+                          num_workers=num_workers, shard=shard)
+        trainer.predict(Scorer(module, tta=use_tta, prevalence=prevalence), datamodule=data, return_predictions=False)
+        trainer.strategy.barrier()
+    merged = None
+    if chief and not missing_chunks(parts, n_chunks):
+        merged = merge_parts(parts, out, top=top)
+    return SurveyRun(parts, n_chunks if shard is None else share, share - len(missing), writer.written, merged)

@@ -1,0 +1,228 @@
+"""`merge_parts`: the Parquet parts of a survey run in, the catalogue ranked by float64 score out (Parquet, CSV or a
+FITS table; optionally only the top K), plus the rejected rows with their reasons beside it.
+
+Memory stays flat in the number of objects: every part is already sorted by score (descending), so the parts are
+merged k ways, block by block. Each part is read in batches; all buffered rows scoring at least the largest of the
+buffers' last (smallest) scores can be emitted, because no row still unread in any part scores above it. Each such
+block is sorted with numpy (ties by input row) and appended to the output through a streaming writer."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..validation import InputError
+
+CATALOGUE_SUFFIXES = (".parquet", ".csv", ".fits")
+MERGE_MEMORY_ROWS = 1 << 22  # rows buffered over all parts together while merging (~0.5 GB at most)
+REJECTED_COLUMNS = ("row", "id", "ra", "dec", "reason")
+
+
+def rejected_path_for(out: Path) -> Path:
+    """Where the rows a catalogue left out are listed: <name>.rejected<suffix> beside it."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.rejected{out.suffix}")
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    path: Path
+    rows: int
+    rejected: int
+    rejected_path: Path | None
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """Dictionary-encoded columns (model, model_version) as plain strings: the parts' dictionaries differ."""
+    fields = [pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type) for f in table.schema]
+    return table.cast(pa.schema(fields))
+
+
+class _Part:
+    """One part read in batches of its scored rows (they come first, sorted by score, descending)."""
+
+    def __init__(self, path: Path, batch_rows: int):
+        self.batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+        self.table, self.scores = None, np.zeros(0)
+
+    def refill(self) -> bool:
+        for batch in self.batches:
+            table = pa.Table.from_batches([batch])
+            table = _plain(table.filter(pc.is_valid(table.column("score"))))
+            if table.num_rows:
+                self.table, self.scores = table, table.column("score").to_numpy()
+                return True
+        return False
+
+    def take_at_least(self, threshold: float) -> pa.Table:
+        count = int(np.searchsorted(-self.scores, -threshold, side="right"))
+        taken = self.table.slice(0, count)
+        self.table, self.scores = self.table.slice(count), self.scores[count:]
+        return taken
+
+
+class _FitsWriter:
+    """A FITS binary table streamed row block by row block: the header is written for `n_rows` up front."""
+
+    def __init__(self, path: Path, schema: pa.Schema, n_rows: int, widths: dict[str, int]):
+        from astropy.io import fits
+
+        self.handle = open(path, "wb")
+        self.dtype, columns = [], []
+        for f in schema:
+            if pa.types.is_string(f.type):
+                width = max(1, widths.get(f.name, 1))
+                code, dt = f"{width}A", f"S{width}"
+            elif pa.types.is_boolean(f.type):
+                code, dt = "L", "i1"
+            elif pa.types.is_float32(f.type):
+                code, dt = "E", ">f4"
+            elif pa.types.is_floating(f.type):
+                code, dt = "D", ">f8"
+            else:
+                code, dt = "K", ">i8"
+            columns.append(fits.Column(name=f.name, format=code))
+            self.dtype.append((f.name, dt))
+        header = fits.BinTableHDU.from_columns(columns, nrows=0).header
+        header["NAXIS2"] = n_rows
+        self.handle.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
+        self.handle.write(header.tostring().encode("ascii"))
+        self.bytes = 0
+
+    def write_table(self, table: pa.Table) -> None:
+        records = np.zeros(table.num_rows, dtype=self.dtype)
+        for name, dt in self.dtype:
+            values = table.column(name).to_numpy(zero_copy_only=False)
+            if dt == "i1":
+                records[name] = np.where(values.astype(bool), ord("T"), ord("F"))
+            elif dt.startswith("S"):
+                records[name] = np.array([("" if v is None else v).encode() for v in values], dtype=dt)
+            else:
+                records[name] = values
+        data = records.tobytes()
+        self.handle.write(data)
+        self.bytes += len(data)
+
+    def close(self) -> None:
+        self.handle.write(b"\0" * (-self.bytes % 2880))
+        self.handle.close()
+
+
+def _writer(path: Path, schema: pa.Schema, n_rows: int, widths: dict[str, int]):
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pq.ParquetWriter(path, schema)
+    if suffix == ".csv":
+        import pyarrow.csv as pcsv
+
+        return pcsv.CSVWriter(path, schema)  # float64 written with the digits that round-trip it
+    return _FitsWriter(path, schema, n_rows, widths)
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+def _scored_counts(paths: list[Path]) -> tuple[int, dict[str, int]]:
+    """Scored rows over all parts, and the longest value of each string column (a FITS table's widths)."""
+    total, widths = 0, {}
+    for path in paths:
+        table = _plain(pq.read_table(path, columns=["score", "id", "predicted", "model", "model_version"]))
+        total += table.num_rows - table.column("score").null_count
+        for name in ("id", "predicted", "model", "model_version"):
+            longest = pc.max(pc.binary_length(pc.cast(table.column(name), pa.binary()))).as_py() or 1
+            widths[name] = max(widths.get(name, 1), longest)
+    return total, widths
+
+
+def merge_parts(parts: Path, out: Path, *, top: int | None = None, memory_rows: int = MERGE_MEMORY_ROWS) -> MergeResult:
+    """Write `out` (.parquet, .csv or .fits): the scored rows of every part in `parts`, ranked by score (float64,
+    descending; rank 1 first), keyed by id; `top`: only the first `top` rows. The rows that could not be scored go
+    to `rejected_path_for(out)` (row, id, ra, dec, reason), in the same format. Every chunk of the run must be
+    scored: a missing part is an `InputError` that says how to finish the run."""
+    parts, out = Path(parts), Path(out)
+    if out.suffix.lower() not in CATALOGUE_SUFFIXES:
+        raise InputError(f"{out}: unsupported catalogue type; expected one of {', '.join(CATALOGUE_SUFFIXES)}")
+    if top is not None and top < 1:
+        raise InputError(f"--top {top}: expected a number of rows >= 1")
+    manifest_path = parts / "manifest.json"
+    if not manifest_path.is_file():
+        raise InputError(f"{parts}: no manifest.json; expected the parts folder of a `lensfinder predict` survey run")
+    manifest = json.loads(manifest_path.read_text())
+    paths = [parts / f"part-{chunk:06d}.parquet" for chunk in range(manifest["chunks"])]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(f"{parts}: {len(missing)} of {len(paths)} chunk(s) are not scored yet (first: {missing[0]}); "
+                         "run the same `lensfinder predict` command again (it scores only the missing chunks), or the "
+                         "--shard jobs that have not finished, then merge")
+    total, widths = _scored_counts(paths) if out.suffix.lower() == ".fits" else (0, {})
+    n_out = min(total, top) if top is not None else total
+    buffers = [_Part(p, max(256, memory_rows // max(len(paths), 1))) for p in paths]
+    active = [b for b in buffers if b.refill()]
+    schema, writer, written, tmp = None, None, 0, _tmp(out)
+    try:
+        while active and (top is None or written < top):
+            threshold = max(b.scores[-1] for b in active)  # no unread row of any part scores above it
+            block = pa.concat_tables([b.take_at_least(threshold) for b in active])
+            order = np.lexsort((block.column("row").to_numpy(), -block.column("score").to_numpy()))
+            block = block.take(pa.array(order))
+            if top is not None:
+                block = block.slice(0, top - written)
+            ranks = pa.array(np.arange(written + 1, written + 1 + block.num_rows), pa.int64())
+            block = block.drop_columns(["reason"]).add_column(0, "rank", ranks)
+            block = block.select(["rank", "id", "ra", "dec", "score",
+                                  *[c for c in block.column_names if c not in ("rank", "id", "ra", "dec", "score", "row")],
+                                  "row"])
+            if writer is None:
+                schema = block.schema
+                writer = _writer(tmp, schema, n_out, widths)
+            writer.write_table(block)
+            written += block.num_rows
+            active = [b for b in active if len(b.scores) or b.refill()]
+        if writer is None:
+            raise InputError(f"{parts}: no row could be scored; see why in the parts' reason column (or the rejected "
+                             "table)")
+        writer.close()
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    rejected_path, rejected = _write_rejected(paths, rejected_path_for(out))
+    return MergeResult(out, written, rejected, rejected_path)
+
+
+def _write_rejected(paths: list[Path], path: Path) -> tuple[Path | None, int]:
+    """The rows the parts could not score, part by part, in the catalogue's format; no file when there are none
+    (and an old one, which would mislead, is removed)."""
+    tmp, writer, count = _tmp(path), None, 0
+    reasons = [pq.read_table(p, columns=["reason"]).column("reason") for p in paths]
+    total = sum(len(r) - r.null_count for r in reasons)
+    try:
+        for part, reason in zip(paths, reasons):
+            if len(reason) == reason.null_count:
+                continue
+            table = pq.read_table(part, columns=list(REJECTED_COLUMNS))
+            table = table.filter(pc.is_valid(table.column("reason")))
+            if writer is None:
+                writer = _writer(tmp, table.schema, total, {"id": 256, "reason": 512})
+            if path.suffix.lower() == ".fits":
+                table = table.set_column(4, "reason", pc.utf8_slice_codeunits(table.column("reason"), 0, 512))
+            writer.write_table(table)
+            count += table.num_rows
+        if writer is None:
+            path.unlink(missing_ok=True)
+            return None, 0
+        writer.close()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path, count

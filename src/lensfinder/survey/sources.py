@@ -1,0 +1,442 @@
+"""Where survey cutouts come from, read by row range: HDF5/Zarr cubes (N, C, H, W) with an id table, or per-band FITS
+tiles with a TAN (any celestial) WCS plus a catalogue of id, ra, dec (FITS table, CSV or Parquet), cut on the fly.
+Each `read(start, stop)` gives a `Block`: the images of those rows and, per row, why it cannot be scored ("" if it can)."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..validation import InputError
+
+CUBE_SUFFIXES = (".h5", ".hdf5", ".zarr")
+FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
+CATALOGUE_SUFFIXES = (".parquet", ".csv", *FITS_SUFFIXES)
+EDGE_RULES = ("pad", "skip")  # an object whose cutout runs off its tile: zero-padded and flagged, or rejected
+PIXEL_SCALE_TOLERANCE = 0.01  # relative: a tile whose pixels differ from the model's by more is refused
+
+
+def _lower(path: Path | str) -> str:
+    return str(path).lower().rstrip("/")
+
+
+def is_cube(path: Path | str) -> bool:
+    return _lower(path).endswith(CUBE_SUFFIXES)
+
+
+@dataclass
+class Block:
+    """Rows [start, stop) of a source: float32 images (n, C, H, W) (zeros where a row could not be cut), the id, ra
+    and dec of each row (NaN when the source has none), whether its cutout was padded at a tile edge (and which
+    share of its pixels), and the reason it cannot be scored ("" when it can)."""
+
+    start: int
+    images: np.ndarray
+    ids: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
+    edge: np.ndarray
+    padded_fraction: np.ndarray
+    reasons: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _strings(values) -> np.ndarray:
+    values = np.asarray(values)
+    if values.dtype.kind in "SO":
+        return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+    return values.astype(str).astype(object)
+
+
+def _reject_bad_pixels(block: Block) -> Block:
+    """NaN or infinite pixels (masked regions, a corrupt chunk) reject the row, naming how many."""
+    bad = (~np.isfinite(block.images)).reshape(len(block), -1).sum(1)
+    for i in np.flatnonzero(bad):
+        if not block.reasons[i]:
+            block.reasons[i] = f"{int(bad[i])} pixel(s) are NaN or infinite (masked or missing data)"
+            block.images[i] = 0.0
+    return block
+
+
+class CubeSource:
+    """A cutout cube: an HDF5 file or a Zarr group holding `images` (N, C, H, W) and `id` (N,), optionally `ra`,
+    `dec` (N,), `edge`, `padded_fraction` (written by `lensfinder cutouts`) and the attribute `pixel_scale_arcsec`.
+    Read in row ranges; the file is opened lazily in each process (DataLoader workers, DDP ranks)."""
+
+    kind = "cube"
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise InputError(f"{self.path}: no such cube (expected an HDF5 file or a Zarr folder)")
+        self._handle, self._pid = None, None
+        store = self._store()
+        if "images" not in store or "id" not in store:
+            found = ", ".join(sorted(store.keys())) or "nothing"
+            raise InputError(f"{self.path}: expected a cube with arrays 'images' (N, C, H, W) and 'id' (N,), found "
+                             f"{found}; write one with `lensfinder cutouts` or with h5py/zarr under those names")
+        images = store["images"]
+        if len(images.shape) != 4 or images.shape[2] != images.shape[3]:
+            raise InputError(f"{self.path}: 'images' must have shape (N, C, H, W) with H = W, found {tuple(images.shape)}; "
+                             "store channels first, one square cutout per row")
+        self.n, self.channels, self.size = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
+        for name in ("id", "ra", "dec", "edge", "padded_fraction"):
+            if name in store and tuple(store[name].shape) != (self.n,):
+                raise InputError(f"{self.path}: '{name}' has shape {tuple(store[name].shape)}, expected ({self.n},) "
+                                 "like the first axis of 'images'")
+        scale = dict(store.attrs).get("pixel_scale_arcsec")
+        self.pixel_scale_arcsec = float(scale) if scale is not None else None
+        self.has_position = "ra" in store and "dec" in store
+        self._optional = [name for name in ("ra", "dec", "edge", "padded_fraction") if name in store]
+        self.description = {"kind": "cube", "path": str(self.path.resolve()), "rows": self.n,
+                            "shape": [self.channels, self.size, self.size]}
+
+    def _store(self):
+        if self._pid != os.getpid():
+            if _lower(self.path).endswith(".zarr"):
+                import zarr
+
+                try:
+                    self._handle = zarr.open_group(str(self.path), mode="r")
+                except Exception as err:  # zarr raises assorted errors on a folder that is not a group
+                    raise InputError(f"{self.path}: not a readable Zarr group ({type(err).__name__}: {err})") from None
+            else:
+                import h5py
+
+                try:
+                    self._handle = h5py.File(self.path, "r")
+                except OSError as err:
+                    raise InputError(f"{self.path}: not a readable HDF5 file ({err})") from None
+            self._pid = os.getpid()
+        return self._handle
+
+    def __getstate__(self):  # a DataLoader worker or a spawned process reopens the file itself
+        return {**self.__dict__, "_handle": None, "_pid": None}
+
+    def read(self, start: int, stop: int) -> Block:
+        store, n = self._store(), stop - start
+        reasons = [""] * n
+        try:
+            images = np.asarray(store["images"][start:stop], dtype=np.float32)
+        except Exception as err:  # a corrupt chunk rejects its rows, not the run
+            images = np.zeros((n, self.channels, self.size, self.size), np.float32)
+            reasons = [f"unreadable cube rows {start}-{stop - 1} ({type(err).__name__}: {err})"] * n
+        ids = _strings(store["id"][start:stop])
+        extra = {name: np.asarray(store[name][start:stop]) for name in self._optional}
+        block = Block(start, images, ids, extra.get("ra", np.full(n, np.nan)).astype(np.float64),
+                      extra.get("dec", np.full(n, np.nan)).astype(np.float64),
+                      extra.get("edge", np.zeros(n, bool)).astype(bool),
+                      extra.get("padded_fraction", np.zeros(n, np.float32)).astype(np.float32), reasons)
+        return _reject_bad_pixels(block)
+
+
+class CatalogueTable:
+    """The id, ra, dec columns (names matched without case; `object_id` also names the id) of a Parquet, CSV or FITS
+    table, read by row range. Parquet is read row group by row group and FITS memory-mapped; a CSV is read whole into
+    Arrow columns (fine to ~10^7 rows: convert larger catalogues to Parquet)."""
+
+    ID_NAMES = ("id", "object_id", "objid")
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        name = _lower(self.path)
+        if not name.endswith(CATALOGUE_SUFFIXES):
+            raise InputError(f"{self.path}: unsupported catalogue type; expected one of {', '.join(CATALOGUE_SUFFIXES)}")
+        if not self.path.is_file():
+            raise InputError(f"{self.path}: no such catalogue file")
+        self._cache: tuple[int, int, dict] | None = None
+        try:
+            if name.endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                self._parquet = pq.ParquetFile(self.path)
+                columns = self._parquet.schema_arrow.names
+                self.n = self._parquet.metadata.num_rows
+                sizes = [self._parquet.metadata.row_group(i).num_rows for i in range(self._parquet.num_row_groups)]
+                self._group_starts = np.concatenate([[0], np.cumsum(sizes)])
+            elif name.endswith(".csv"):
+                import pyarrow.csv as pcsv
+
+                self._table = pcsv.read_csv(self.path)
+                columns, self.n = self._table.column_names, self._table.num_rows
+            else:
+                from astropy.io import fits
+
+                hdus = fits.open(self.path, memmap=True)
+                tables = [h for h in hdus if isinstance(h, (fits.BinTableHDU, fits.TableHDU))]
+                if not tables:
+                    raise InputError(f"{self.path}: no table HDU; write the catalogue as a FITS binary table")
+                self._fits = tables[0].data
+                columns, self.n = list(self._fits.columns.names), len(self._fits)
+        except InputError:
+            raise
+        except Exception as err:
+            raise InputError(f"{self.path}: unreadable catalogue ({type(err).__name__}: {err})") from None
+        lowered = {c.lower(): c for c in columns}
+        id_name = next((lowered[c] for c in self.ID_NAMES if c in lowered), None)
+        if id_name is None or "ra" not in lowered or "dec" not in lowered:
+            raise InputError(f"{self.path}: expected columns id, ra, dec (degrees), found {', '.join(columns)}; rename "
+                             "the columns (any case; object_id also names the id)")
+        self.columns = {"id": id_name, "ra": lowered["ra"], "dec": lowered["dec"]}
+
+    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        if hasattr(self, "_parquet"):
+            first = int(np.searchsorted(self._group_starts, start, side="right")) - 1
+            last = int(np.searchsorted(self._group_starts, stop, side="left"))
+            if self._cache is None or self._cache[0] != first or self._cache[1] != last:
+                table = self._parquet.read_row_groups(list(range(first, last)), columns=list(self.columns.values()))
+                self._cache = (first, last, {k: table.column(c).to_numpy(zero_copy_only=False)
+                                             for k, c in self.columns.items()})
+            offset = self._group_starts[first]
+            columns = {k: v[start - offset: stop - offset] for k, v in self._cache[2].items()}
+        elif hasattr(self, "_table"):
+            part = self._table.slice(start, stop - start)
+            columns = {k: part.column(c).to_numpy(zero_copy_only=False) for k, c in self.columns.items()}
+        else:
+            part = self._fits[start:stop]
+            columns = {k: np.asarray(part[c]) for k, c in self.columns.items()}
+        return {"id": _strings(columns["id"]), "ra": np.asarray(columns["ra"], np.float64),
+                "dec": np.asarray(columns["dec"], np.float64)}
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"} | {"_cache": None}
+
+
+@dataclass
+class Tile:
+    """One sky tile: a FITS image per band sharing one celestial WCS and shape."""
+
+    name: str
+    paths: list[Path]
+    wcs: object
+    shape: tuple[int, int]
+    pixel_scale_arcsec: float
+
+
+def group_tiles(files: list[Path], bands: list[str]) -> list[tuple[str, list[Path]]]:
+    """Per-band FITS files NAME_<band>.fits grouped into tiles, bands in the given order; a tile missing a band is
+    refused, naming it."""
+    tiles: dict[str, dict[str, Path]] = {}
+    for path in map(Path, files):
+        if not _lower(path).endswith(FITS_SUFFIXES):
+            raise InputError(f"{path}: a tile must be a FITS image (one file per band, NAME_<band>.fits)")
+        stem = path.name
+        for suffix in FITS_SUFFIXES:
+            if stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        band = next((b for b in bands if stem.endswith(f"_{b}")), None)
+        if band is None:
+            raise InputError(f"{path}: name does not end in _<band> for any band of --bands {','.join(bands)}; name "
+                             "each tile file NAME_<band>.fits")
+        tiles.setdefault(str(path.parent / stem[: -len(band) - 1]), {})[band] = path
+    out = []
+    for name, found in sorted(tiles.items()):
+        missing = [b for b in bands if b not in found]
+        if missing:
+            raise InputError(f"{name}: tile file(s) missing for band(s) {', '.join(missing)} (expected "
+                             f"{', '.join(f'{Path(name).name}_{b}.fits' for b in bands)})")
+        out.append((name, [found[b] for b in bands]))
+    return out
+
+
+def _read_tile(name: str, paths: list[Path]) -> Tile:
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    wcs0, shape0 = None, None
+    for path in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with fits.open(path, memmap=True) as hdus:
+                    hdu = next((h for h in hdus if h.is_image and h.data is not None and h.data.ndim == 2), None)
+                    if hdu is None:
+                        raise InputError(f"{path}: no 2-D image HDU; a tile is one band's coadd image")
+                    wcs, shape = WCS(hdu.header).celestial, hdu.data.shape
+        except InputError:
+            raise
+        except Exception as err:
+            raise InputError(f"{path}: unreadable FITS tile ({type(err).__name__}: {err})") from None
+        if not wcs.has_celestial or wcs.naxis != 2:
+            raise InputError(f"{path}: no celestial WCS in the header; a tile needs CTYPE/CRVAL/CRPIX/CD (or CDELT) keys")
+        if wcs0 is None:
+            wcs0, shape0 = wcs, shape
+        elif shape != shape0 or not np.allclose(wcs.wcs.crval, wcs0.wcs.crval) or not np.allclose(
+                wcs.wcs.crpix, wcs0.wcs.crpix) or not np.allclose(wcs.pixel_scale_matrix, wcs0.pixel_scale_matrix):
+            raise InputError(f"{path}: its shape or WCS differs from {paths[0].name}; the bands of a tile must be "
+                             "resampled onto one pixel grid")
+    scales = proj_plane_pixel_scales(wcs0) * 3600.0
+    if not math.isclose(scales[0], scales[1], rel_tol=PIXEL_SCALE_TOLERANCE):
+        raise InputError(f"{paths[0]}: pixels are not square ({scales[0]:.4f} x {scales[1]:.4f} arcsec); resample the tile")
+    return Tile(name, list(paths), wcs0, tuple(shape0), float(scales.mean()))
+
+
+def check_pixel_scale(found: float, expected: float, source: str, *, what: str) -> None:
+    if not math.isclose(found, expected, rel_tol=PIXEL_SCALE_TOLERANCE):
+        raise InputError(f"{source}: pixel scale {found:.4g} arcsec, but {what} expects {expected:.4g} arcsec (within "
+                         f"{PIXEL_SCALE_TOLERANCE:.0%}); resample the tiles to {expected:.4g} arcsec/pixel, or score them "
+                         "with a model trained at this scale")
+
+
+class TileSource:
+    """Cutouts of `size` x `size` pixels cut from per-band FITS tiles around each catalogue position. The object's
+    pixel is the one holding its (ra, dec) (``floor(x + 0.5)`` in 0-based pixels); the cutout starts ``size // 2``
+    pixels before it on each axis. Each object is cut from the first tile that holds its whole cutout, else from the
+    first tile that holds its pixel: there the part off the tile is zero (``edge="pad"``, flagged with the padded
+    share) or the object is rejected (``edge="skip"``). An object on no tile, or whose pixels are NaN, is rejected
+    with the reason."""
+
+    kind = "tiles"
+
+    def __init__(self, tiles: list[tuple[str, list[Path]]], catalogue: Path, *, size: int, edge: str = "pad",
+                 pixel_scale_arcsec: float | None = None, expected_by: str = "the model"):
+        if edge not in EDGE_RULES:
+            raise InputError(f"--edge {edge!r}: expected one of {', '.join(EDGE_RULES)}")
+        if not tiles:
+            raise InputError("no tiles: give the per-band FITS tile images (NAME_<band>.fits) with --bands")
+        self.tiles = [_read_tile(name, paths) for name, paths in tiles]
+        if pixel_scale_arcsec is not None:
+            for tile in self.tiles:
+                check_pixel_scale(tile.pixel_scale_arcsec, pixel_scale_arcsec, str(tile.paths[0]), what=expected_by)
+        self.pixel_scale_arcsec = self.tiles[0].pixel_scale_arcsec
+        self.catalogue = CatalogueTable(catalogue)
+        self.n, self.channels, self.size, self.edge = self.catalogue.n, len(tiles[0][1]), int(size), edge
+        self.has_position = True
+        self._data: dict[int, list[np.ndarray]] = {}
+        self._pid = None
+        self.description = {"kind": "tiles", "catalogue": str(self.catalogue.path.resolve()), "rows": self.n,
+                            "tiles": [[str(p.resolve()) for p in t.paths] for t in self.tiles],
+                            "shape": [self.channels, self.size, self.size], "edge": edge}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_data": {}, "_pid": None}
+
+    def _planes(self, index: int) -> list[np.ndarray]:
+        from astropy.io import fits
+
+        if self._pid != os.getpid():
+            self._data, self._pid = {}, os.getpid()
+        if index not in self._data:
+            planes = []
+            for path in self.tiles[index].paths:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    hdus = fits.open(path, memmap=True)  # kept open: the memory map reads pixels on demand
+                planes.append(next(h for h in hdus if h.is_image and h.data is not None and h.data.ndim == 2).data)
+            self._data[index] = planes
+        return self._data[index]
+
+    def locate(self, ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(tile index or -1, x0, y0, fully inside) of each position: the tile and the first column and row of its cutout."""
+        n, half = len(ra), self.size // 2
+        chosen, x0s, y0s = np.full(n, -1), np.zeros(n, np.int64), np.zeros(n, np.int64)
+        inside_chosen = np.zeros(n, bool)
+        for index, tile in enumerate(self.tiles):
+            with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+                warnings.simplefilter("ignore")
+                x, y = tile.wcs.world_to_pixel_values(ra, dec)
+                back_ra, back_dec = tile.wcs.pixel_to_world_values(x, y)  # a position far off the tangent point
+            with np.errstate(invalid="ignore"):  # projects onto the plane too: the round trip tells
+                off = np.hypot((back_ra - ra + 180) % 360 - 180, back_dec - dec) * 3600 > tile.pixel_scale_arcsec
+            cx, cy = np.floor(np.nan_to_num(x, nan=-1e9) + 0.5), np.floor(np.nan_to_num(y, nan=-1e9) + 0.5)
+            height, width = tile.shape
+            on_tile = ~off & np.isfinite(x) & np.isfinite(y) & (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
+            x0, y0 = cx - half, cy - half
+            inside = on_tile & (x0 >= 0) & (y0 >= 0) & (x0 + self.size <= width) & (y0 + self.size <= height)
+            take = on_tile & ((chosen < 0) | (inside & ~inside_chosen))
+            chosen[take], inside_chosen[take] = index, inside[take]
+            x0s[take], y0s[take] = x0[take], y0[take]
+        return chosen, x0s, y0s, inside_chosen
+
+    def read(self, start: int, stop: int) -> Block:
+        rows = self.catalogue.read(start, stop)
+        n, size = stop - start, self.size
+        images = np.zeros((n, self.channels, size, size), np.float32)
+        edge, padded, reasons = np.zeros(n, bool), np.zeros(n, np.float32), [""] * n
+        chosen, x0s, y0s, inside = self.locate(rows["ra"], rows["dec"])
+        for i in range(n):
+            index = chosen[i]
+            if index < 0:
+                reasons[i] = f"(ra, dec) = ({rows['ra'][i]:.6f}, {rows['dec'][i]:.6f}) lies on no tile"
+                continue
+            height, width = self.tiles[index].shape
+            x0, y0 = int(x0s[i]), int(y0s[i])
+            xa, xb, ya, yb = max(x0, 0), min(x0 + size, width), max(y0, 0), min(y0 + size, height)
+            if not inside[i]:
+                share = 1.0 - (xb - xa) * (yb - ya) / size**2
+                if self.edge == "skip":
+                    reasons[i] = (f"on the edge of tile {Path(self.tiles[index].name).name}: {share:.0%} of the cutout "
+                                  "is off the tile (--edge pad scores it zero-padded and flagged)")
+                    continue
+                edge[i], padded[i] = True, share
+            for band, plane in enumerate(self._planes(index)):
+                images[i, band, ya - y0: yb - y0, xa - x0: xb - x0] = plane[ya:yb, xa:xb]
+        return _reject_bad_pixels(Block(start, images, rows["id"], rows["ra"], rows["dec"], edge, padded, reasons))
+
+
+def write_cube(source, out: Path, *, chunk_rows: int = 4096, progress: bool = False) -> tuple[int, list[tuple]]:
+    """Write the cutouts of `source` that can be scored as a cube (`.h5`/`.hdf5` or `.zarr`, see `CubeSource`),
+    block by block, atomically; returns (rows written, [(id, ra, dec, reason)] of those rejected)."""
+    out = Path(out)
+    if not is_cube(out):
+        raise InputError(f"{out}: unsupported cube type; expected one of {', '.join(CUBE_SUFFIXES)}")
+    shape = (source.channels, source.size, source.size)
+    rejected: list[tuple] = []
+    written = 0
+    zarr_out = _lower(out).endswith(".zarr")
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if zarr_out:
+            import zarr
+
+            store = zarr.open_group(str(tmp), mode="w")
+            arrays = {"images": store.create_array("images", shape=(0, *shape), chunks=(256, *shape), dtype="float32"),
+                      "id": store.create_array("id", shape=(0,), chunks=(65536,), dtype=str),
+                      **{k: store.create_array(k, shape=(0,), chunks=(65536,), dtype=t) for k, t in
+                         (("ra", "float64"), ("dec", "float64"), ("edge", "bool"), ("padded_fraction", "float32"))}}
+        else:
+            import h5py
+
+            store = h5py.File(tmp, "w")
+            arrays = {"images": store.create_dataset("images", shape=(0, *shape), maxshape=(None, *shape),
+                                                     chunks=(min(256, max(source.n, 1)), *shape), dtype="float32"),
+                      "id": store.create_dataset("id", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True),
+                      **{k: store.create_dataset(k, shape=(0,), maxshape=(None,), dtype=t, chunks=True) for k, t in
+                         (("ra", "float64"), ("dec", "float64"), ("edge", "bool"), ("padded_fraction", "float32"))}}
+        if source.pixel_scale_arcsec:
+            store.attrs["pixel_scale_arcsec"] = float(source.pixel_scale_arcsec)
+        try:
+            for start in range(0, source.n, chunk_rows):
+                block = source.read(start, min(start + chunk_rows, source.n))
+                good = np.array([not r for r in block.reasons], bool)
+                rejected += [(block.ids[i], block.ra[i], block.dec[i], block.reasons[i]) for i in np.flatnonzero(~good)]
+                values = {"images": block.images[good], "id": block.ids[good].astype(str), "ra": block.ra[good],
+                          "dec": block.dec[good], "edge": block.edge[good], "padded_fraction": block.padded_fraction[good]}
+                count = int(good.sum())
+                for name, array in arrays.items():
+                    array.resize((written + count, *array.shape[1:]))
+                    array[written: written + count] = values[name]
+                written += count
+        finally:
+            if not zarr_out:
+                store.close()
+        if zarr_out and out.exists():
+            shutil.rmtree(out)  # a folder is not replaced by a rename: the old cube goes just before
+        os.replace(tmp, out)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        else:
+            tmp.unlink(missing_ok=True)
+    return written, rejected
