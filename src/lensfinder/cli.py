@@ -128,8 +128,10 @@ def evaluate(
 
 @app.command()
 def predict(
-    inputs: list[Path] = typer.Argument(..., help=".npy / FITS files or folders of them"),
-    out: Path = typer.Option(..., help="ranked CSV to write"),
+    inputs: list[Path] = typer.Argument(..., help=".npy / FITS files or folders of them; or one cutout cube (.h5, "
+                                      ".hdf5, .zarr); or per-band FITS tiles NAME_<band>.fits with --catalogue"),
+    out: Path = typer.Option(..., help="ranked catalogue to write: .csv for files; .parquet, .csv or .fits for a cube "
+                                       "or tiles"),
     run: Optional[Path] = typer.Option(None, help="run folder; or give --task for the shipped weights"),
     task: Optional[str] = typer.Option(None, help="use the weights shipped for this task"),
     batch_size: int = typer.Option(512),
@@ -145,10 +147,50 @@ def predict(
     on_bad: str = typer.Option("skip", help="a cutout that cannot be scored (unreadable, wrong shape, NaN pixels): "
                                             "skip (list it in OUT.skipped.csv) | fail (stop)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    catalogue: Optional[Path] = typer.Option(None, help="tiles: the objects to cut out (id, ra, dec in degrees; "
+                                                        ".parquet, .csv or FITS table)"),
+    edge: str = typer.Option("pad", help="tiles: an object whose cutout runs off its tile is zero-padded and flagged "
+                                         "(pad) or listed as rejected (skip)"),
+    pixel_scale: Optional[float] = typer.Option(None, help="tiles/cube: the pixel scale (arcsec) to require, instead "
+                                                           "of the model's training preset's"),
+    parts: Optional[Path] = typer.Option(None, help="cube/tiles: folder of the Parquet parts (default OUT.parts); a "
+                                                    "rerun of the same command resumes from it"),
+    chunk_size: int = typer.Option(65536, help="cube/tiles: rows per Parquet part (the unit of resumption)"),
+    top: Optional[int] = typer.Option(None, help="cube/tiles: keep only the K best-scored rows in OUT"),
+    accelerator: str = typer.Option("auto", help="cube/tiles: cpu | gpu | auto (Lightning, as in training)"),
+    devices: str = typer.Option("auto", help="cube/tiles: number of devices per node, or 'auto'"),
+    num_nodes: int = typer.Option(1, help="cube/tiles: number of nodes"),
+    strategy: str = typer.Option("auto", help="cube/tiles: Lightning strategy, e.g. ddp"),
+    precision: str = typer.Option("32-true", help="cube/tiles: Lightning precision, e.g. bf16-mixed"),
 ):
-    """Score cutouts and write a CSV ranked by score: the log-odds of lens (or of the predicted class)."""
+    """Score cutouts and write a catalogue ranked by score: the log-odds of lens (or of the predicted class).
+
+    A cube or tiles + --catalogue run on Lightning (1..N processes) and write Parquet parts into OUT.parts, one per
+    chunk: run the same command again after a crash and only the missing chunks are scored; the parts are merged
+    into OUT at the end (or with `lensfinder merge`). Rows that cannot be scored go to OUT.rejected.<ext>."""
     from .evaluate.predict import predict_catalog
     from .evaluate.shipped import shipped_for_inputs
+    from .survey.sources import is_cube
+
+    if catalogue is not None or (len(inputs) == 1 and is_cube(inputs[0])):
+        from .survey.engine import predict_survey
+
+        result = predict_survey(inputs, out, catalogue=catalogue, bands=[b.strip() for b in bands.split(",")] if bands
+                                else None, run=run, task=task, preset=preset, batch_size=batch_size, tta=tta,
+                                chunk_rows=chunk_size, parts=parts, accelerator=accelerator, devices=devices,
+                                num_nodes=num_nodes, strategy=strategy, precision=precision, num_workers=num_workers,
+                                prevalence=prevalence, edge=edge, pixel_scale_arcsec=pixel_scale,
+                                shard=_parse_shard(shard) if shard else None, top=top, progress=progress)
+        if result.merged is not None:
+            typer.echo(f"{result.written} chunk(s) scored now, {result.done_before} before; catalogue written to "
+                       f"{result.merged.path} ({result.merged.rows} row(s))")
+            if result.merged.rejected:
+                typer.secho(f"{result.merged.rejected} row(s) rejected, listed with the reason in "
+                            f"{result.merged.rejected_path}", err=True, fg=typer.colors.YELLOW)
+        elif shard is not None:
+            typer.echo(f"shard {shard}: {result.written} chunk(s) scored now, {result.done_before} before, into "
+                       f"{result.parts}; `lensfinder merge {result.parts} --out {out}` once every shard has run")
+        return
 
     if run is None and task is not None:  # the shipped weights that take these files (or were trained on --preset)
         run = shipped_for_inputs(task, inputs, preset=preset)
@@ -169,6 +211,44 @@ def _parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         raise InputError(f"--shard {text!r}: expected K/N, e.g. 0/8") from None
     return index, count
+
+
+@app.command()
+def cutouts(
+    tiles: list[Path] = typer.Argument(..., help="per-band FITS tiles with a WCS, named NAME_<band>.fits"),
+    catalogue: Path = typer.Option(..., help="objects to cut out: id, ra, dec (degrees); .parquet, .csv or FITS table"),
+    bands: str = typer.Option(..., help="band suffixes in channel order, e.g. g,r,i"),
+    out: Path = typer.Option(..., help="cube to write: .h5, .hdf5 or .zarr"),
+    size: Optional[int] = typer.Option(None, help="cutout side in pixels (default: the preset's, else 64)"),
+    preset: Optional[str] = typer.Option(None, help="require the pixel scale of this simulator preset (the model's)"),
+    pixel_scale: Optional[float] = typer.Option(None, help="require this pixel scale (arcsec) instead"),
+    edge: str = typer.Option("pad", help="a cutout running off its tile: pad (zeros, flagged) | skip (rejected)"),
+):
+    """Cut catalogue objects out of FITS tiles into a cube (id, ra, dec, edge flags) for `lensfinder predict`."""
+    from .survey.engine import make_cutouts
+
+    cube = make_cutouts(tiles, catalogue, out, bands=[b.strip() for b in bands.split(",")], size=size, preset=preset,
+                        pixel_scale_arcsec=pixel_scale, edge=edge)
+    typer.echo(f"{cube.rows} cutout(s) written to {cube.path}")
+    if cube.rejected:
+        typer.secho(f"{cube.rejected} object(s) rejected, listed with the reason in {cube.rejected_path}", err=True,
+                    fg=typer.colors.YELLOW)
+
+
+@app.command()
+def merge(
+    parts: Path = typer.Argument(..., help="parts folder of a cube/tiles `lensfinder predict` run (OUT.parts)"),
+    out: Path = typer.Option(..., help="ranked catalogue: .parquet, .csv or .fits"),
+    top: Optional[int] = typer.Option(None, help="keep only the K best-scored rows"),
+):
+    """Merge the Parquet parts of a survey run into one catalogue ranked by score (float64), streaming."""
+    from .survey.merge import merge_parts
+
+    result = merge_parts(parts, out, top=top)
+    typer.echo(f"catalogue written to {result.path} ({result.rows} row(s))")
+    if result.rejected:
+        typer.secho(f"{result.rejected} row(s) rejected, listed with the reason in {result.rejected_path}", err=True,
+                    fg=typer.colors.YELLOW)
 
 
 @app.command()

@@ -26,7 +26,7 @@ from ..metrics import log_odds
 from ..train.run import load_model
 from ..validation import InputError
 from .merge import CATALOGUE_SUFFIXES, MergeResult, merge_parts
-from .sources import CubeSource, TileSource, check_pixel_scale, group_tiles, is_cube
+from .sources import CubeSource, TileSource, check_pixel_scale, group_tiles, is_cube, write_cube
 
 # The writer gets each batch's rows from the batch itself, not from Lightning's sampler indices.
 warnings.filterwarnings("ignore", message=r".*Couldn't infer the batch indices")
@@ -327,3 +327,42 @@ def predict_survey(inputs: list[Path], out: Path, *, catalogue: Path | None = No
     if chief and not missing_chunks(parts, n_chunks):
         merged = merge_parts(parts, out, top=top)
     return SurveyRun(parts, n_chunks if shard is None else share, share - len(missing), writer.written, merged)
+
+
+@dataclass(frozen=True)
+class CutoutCube:
+    """What `make_cutouts` wrote: the cube, its row count, and the rejected rows' listing (None when none)."""
+
+    path: Path
+    rows: int
+    rejected: int
+    rejected_path: Path | None
+
+
+def make_cutouts(tiles: list[Path], catalogue: Path, out: Path, *, bands: list[str], size: int | None = None,
+                 preset: str | None = None, pixel_scale_arcsec: float | None = None, edge: str = "pad",
+                 progress: bool = False) -> CutoutCube:
+    """Cut every catalogue object out of per-band FITS tiles into a cube (`out`: .h5, .hdf5 or .zarr) for reuse,
+    checking the tiles' pixel scale against `preset` (or `pixel_scale_arcsec`); the rows that cannot be cut are
+    listed with the reason in <out>.rejected.csv."""
+    import csv
+
+    expected, by = (float(pixel_scale_arcsec), "--pixel-scale") if pixel_scale_arcsec is not None else (None, "")
+    if expected is None and preset is not None:
+        from ..simulate.presets import load_preset
+
+        values = load_preset(preset)
+        expected, by = float(values["pixel_scale_arcsec"]), f"preset {preset}"
+        size = size or int(values["num_pix"])
+    source = open_source(tiles, catalogue=catalogue, bands=bands, size=size or 64, edge=edge,
+                         pixel_scale_arcsec=expected, expected_by=by)
+    rows, rejected = write_cube(source, out, progress=progress)
+    listing = Path(out).with_name(f"{Path(out).name}.rejected.csv")
+    if rejected:
+        with atomic_path(listing) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "ra", "dec", "reason"])
+            writer.writerows((i, repr(float(r)), repr(float(d)), why) for i, r, d, why in rejected)
+    else:
+        listing.unlink(missing_ok=True)
+    return CutoutCube(Path(out), rows, len(rejected), listing if rejected else None)
