@@ -51,7 +51,7 @@ class Block:
 
 def _strings(values) -> np.ndarray:
     values = np.asarray(values)
-    if values.dtype.kind in "SO":
+    if values.dtype.kind in "SOT":  # bytes (HDF5), objects, numpy StringDType (Zarr)
         return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
     return values.astype(str).astype(object)
 
