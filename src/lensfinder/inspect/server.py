@@ -246,8 +246,11 @@ def make_server(catalogue: Path, *, db: Path | None = None, host: str = DEFAULT_
                 grader: str | None = None):
     """A Werkzeug threaded server for the catalogue (not yet serving): call `.serve_forever()`; `.server_port`
     is the port (useful with port 0, a free one). A port in use is an `InputError` naming the fix."""
+    import logging
+
     from werkzeug.serving import make_server as werkzeug_server
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request: a page asks for hundreds of PNGs
     if not 0 <= port <= 65535:
         raise InputError(f"--port {port}: expected 0 to 65535 (0 picks a free port)")
     table = read_catalogue(catalogue)
