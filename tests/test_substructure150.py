@@ -134,8 +134,24 @@ def test_shipped_weights_match_the_input(tmp_path):
 
 def test_shipped_substructure_weights_cover_each_deeplense_resolution():
     assert shipped_for_inputs("substructure", []).name == "substructure.safetensors"  # 64 x 64 Model III
-    sizes = {e["size"] for e in shipped_catalog() if e["task"] == "substructure"}
-    assert 64 in sizes
+    shipped = {e["size"]: e for e in shipped_catalog() if e["task"] == "substructure"}
+    assert set(shipped) == {64, 150}
+    assert shipped[150]["preset"] == "deeplense-common-test-i" and shipped[150]["model"] == "resnet-pool-s"
+    assert shipped[150]["path"].stat().st_size <= 5 * 1024 * 1024
+
+
+def test_shipped_150_weights_score_common_test_i_files(tmp_path):
+    # Files exactly as the Common Test I set holds them (float64, min-max scaled): the size picks the weights.
+    from lensfinder.simulate.writer import simulate_substructure
+
+    data = simulate_substructure(tmp_path / "ct", preset="deeplense-common-test-i", counts={"val": 2}, seed=20_251,
+                                 progress=False)
+    weights = shipped_for_inputs("substructure", [data / "val"])
+    assert weights.name == "substructure-deeplense-common-test-i.safetensors"
+    module = load_model(weights)
+    images = torch.from_numpy(np.stack([np.load(p) for p in sorted((data / "val").glob("*/*.npy"))])).float()
+    probs = module.predict_proba(images, tta=False)
+    assert probs.shape == (6, 3) and torch.allclose(probs.sum(1), torch.ones(6, dtype=probs.dtype))
 
 
 def test_unpooled_resnet_pool_s_is_resnet_s():
