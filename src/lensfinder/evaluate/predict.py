@@ -53,7 +53,8 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
             files += found
         elif item.is_file():
             if not (item.suffix == ".npy" or _is_fits(item)):
-                raise InputError(f"{item}: unsupported file type; expected .npy or FITS ({', '.join(FITS_SUFFIXES)})")
+                raise InputError(f"{item}: unsupported file type; expected .npy or FITS ({', '.join(FITS_SUFFIXES)}), "
+                                 "or one cutout cube (.h5, .hdf5, .zarr) given alone, or FITS tiles with --catalogue")
             files.append(item)
         else:
             raise InputError(f"{item}: no such file or folder")
