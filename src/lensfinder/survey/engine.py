@@ -170,6 +170,7 @@ class PartWriter(BasePredictionWriter):
         self.written = 0
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        batch["block"].images = batch["images"] = None  # a chunk keeps its rows' metadata and scores, never pixels
         self.pending.append((batch, prediction.double().cpu().numpy()))
         if batch["last"]:
             write_part(self.parts / part_name(batch["chunk"]), self.pending, class_names=self.class_names,
