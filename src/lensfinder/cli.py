@@ -48,6 +48,20 @@ app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pre
                   help="lensfinder: substructure classification and lens finding for strong-lensing images.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"lensfinder {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                          help="print the version and exit")) -> None:
+    pass
+
+
 @app.command()
 def train(
     task: str = typer.Option(..., help="substructure | lensfinding"),

@@ -4,6 +4,7 @@ a float64 log-odds score that never saturates, with the cutouts that could not b
 from __future__ import annotations
 
 import csv
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +13,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.layouts import atomic_write
+from ..data.layouts import atomic_write, write_text_atomic
 from ..metrics import log_odds
 from ..train.module import LensModule
-from ..train.run import load_model
+from ..train.run import load_model, versions
 from ..validation import InputError, as_chw, check_channels, load_npy
 from .inference import pick_device, softmax
 from .shipped import WEIGHTS_DIR, shipped_run, shipped_weights  # noqa: F401  (moved; importable from here)
@@ -212,6 +213,12 @@ def skipped_path_for(out: Path) -> Path:
     return out.with_name(f"{out.name[: -len('.csv')]}.skipped.csv")
 
 
+def metadata_path_for(out: Path) -> Path:
+    """Where catalogue `out` records what wrote it (lensfinder and library versions, model, task, TTA,
+    prevalence, counts): <name>.meta.json beside it."""
+    return out.with_name(f"{out.name[: -len('.csv')]}.meta.json")
+
+
 def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, task: str | None = None,
                     batch_size: int = 512, tta: bool | None = None, device: str = "auto", num_workers: int = 0,
                     allow_pickle: bool = False, band_suffixes: list[str] | None = None,
@@ -278,6 +285,10 @@ def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, t
         for rank, i in enumerate(order, start=1):
             writer.writerow([rank, ids[indices[i]], *[f"{v:.6g}" for v in probs[i]], repr(float(scores[i])),
                              class_names[int(logits[i].argmax())]])
+    write_text_atomic(metadata_path_for(out), json.dumps(
+        {**versions(), "model": str(run) if run is not None else f"shipped ({task})", "task": module.hparams.task,
+         "preset": module.hparams.get("preset"), "tta": bool(module.hparams.tta if tta is None else tta),
+         "prevalence": prevalence, "scored": int(len(indices)), "skipped": len(skipped)}, indent=1))
     listing = skipped_path_for(out)
     if skipped:
         with atomic_write(listing, newline="") as handle:

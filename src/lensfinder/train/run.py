@@ -49,12 +49,23 @@ def export_model(module: LensModule, path: Path) -> None:
     """Weights plus everything needed to rebuild the model and its input pipeline, in one file that cannot run code."""
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    metadata = {"format": MODEL_FORMAT, "hparams": json.dumps(dict(module.hparams))}
+    metadata = {"format": MODEL_FORMAT, "hparams": json.dumps(dict(module.hparams)),
+                "lensfinder_version": versions()["lensfinder"]}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # safetensors creates owner-only files; a model is shared like any output
+
+
+def versions() -> dict:
+    """The versions a run or catalogue records (version.json): lensfinder, torch, lightning, numpy, python."""
+    import platform
+
+    from .. import __version__
+
+    return {"lensfinder": __version__, "torch": str(torch.__version__), "lightning": str(L.__version__),
+            "numpy": str(np.__version__), "python": platform.python_version()}
 
 
 def load_model(path: Path) -> LensModule:
@@ -205,6 +216,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
                                test=held.get("test"), test_fraction=config.test_fraction)
         if ckpt_path is None or extension:
             write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if ckpt_path is None:  # the versions that started the run; each resume records its own in resumes.json
+            write_text_atomic(run_dir / "version.json", json.dumps(versions(), indent=1))
         write_text_atomic(run_dir / "normalization.json", json.dumps(normalization, indent=1))
         if ckpt_path is not None:
             _record_resume(run_dir, ckpt_path, extension)
@@ -283,5 +296,6 @@ def _record_resume(run_dir: Path, ckpt_path: Path, extension: dict | None) -> No
     path = run_dir / "resumes.json"
     record = json.loads(path.read_text()) if path.is_file() else []
     record.append({"checkpoint": str(ckpt_path.relative_to(run_dir)), "checkpoint_epoch": int(checkpoint["epoch"]),
-                   "global_step": int(checkpoint["global_step"]), **(extension or {})})
+                   "global_step": int(checkpoint["global_step"]), "lensfinder": versions()["lensfinder"],
+                   **(extension or {})})
     write_text_atomic(path, json.dumps(record, indent=1))
