@@ -181,20 +181,26 @@ def cmd_table(args) -> None:
     rows = [json.loads(p.read_text()) for p in sorted(ROWS.glob("*.json"))]
     loo = [r for r in rows if r["kind"] == "leave-one-group-out"]
     ref = next((r for r in loo if r["left_out"] == "reference"), None)
-    lines = ["| row | train (lenses : non-lenses, epochs) | test (lenses : non-lenses) | AUC | TPR0 | TPR10 | TPR10 - reference | top-50 false positives |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | train (lenses : non-lenses, epochs) | test (lenses : non-lenses) | AUC | TPR0 | TPR10 | TPR10 - reference "
+             "| held-out group in the top 50 false positives (reference) | top-50 false positives |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def in_top(row, families):
+        return sum(v for k, v in row["top_false_families"].items() if k in families)
+
     for r in sorted(loo, key=lambda r: r["left_out"] != "reference"):
         delta = None if ref is None or r is ref else r["tpr10"] - ref["tpr10"]
         top = ", ".join(f"{k} {v}" for k, v in list(r["top_false_families"].items())[:4])
         label = "every family (reference)" if r["left_out"] == "reference" else f"without {r['left_out']}"
+        held = "-" if not r["families"] else f"{in_top(r, r['families'])} ({in_top(ref, r['families']) if ref else '-'})"
         lines.append(f"| {label} | {r['train_lenses']} : {r['train_nonlenses']}, {r['epochs']}"
                      f"{', from ' + Path(r['init']).name if r.get('init') else ''} | "
                      f"{Path(r['test']).name} ({r['n_lenses']} : {r['n_nonlenses']}) | {_fmt(r['auc'])} | "
-                     f"{_fmt(r['tpr0'], 3)} | {_fmt(r['tpr10'], 3)} | {_fmt(delta, 3)} | {top} |")
+                     f"{_fmt(r['tpr0'], 3)} | {_fmt(r['tpr10'], 3)} | {_fmt(delta, 3)} | {held} | {top} |")
     for r in [r for r in rows if r["kind"] == "cross"]:
         top = ", ".join(f"{k} {v}" for k, v in list(r["top_false_families"].items())[:4])
         lines.append(f"| {r['model']} on {r['test_set']} | full scale | {Path(r['test']).name} ({r['n_lenses']} : "
-                     f"{r['n_nonlenses']}) | {_fmt(r['auc'])} | {_fmt(r['tpr0'], 3)} | {_fmt(r['tpr10'], 3)} | - | {top} |")
+                     f"{r['n_nonlenses']}) | {_fmt(r['auc'])} | {_fmt(r['tpr0'], 3)} | {_fmt(r['tpr10'], 3)} | - | - | {top} |")
     text = "\n".join(lines)
     print(text)
     path = write_result(args.name, {"rows": rows, "groups": GROUPS, "top_false": TOP_FALSE})
