@@ -277,6 +277,7 @@ def demo(
 
     report = run_demo(out, scale=scale, seed=seed, progress=progress)
     typer.echo(f"comparison report: {report}")
+    typer.echo(f"grade the demo's candidates in a browser: lensfinder inspect {Path(out) / 'candidates.csv'} --grader $USER")
 
 
 @app.command()

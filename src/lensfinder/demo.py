@@ -43,6 +43,7 @@ def run_demo(out: Path, *, scale: str = "small", seed: int = 0, progress: bool =
     from .config import DEFAULT_MODELS, TrainConfig
     from .data.layouts import write_text_atomic
     from .evaluate.evaluate import evaluate
+    from .evaluate.predict import predict_catalog
     from .evaluate.report import write_comparison
     from .evaluate.shipped import shipped_run
     from .simulate import simulate_lensfinding, simulate_substructure
@@ -73,6 +74,10 @@ def run_demo(out: Path, *, scale: str = "small", seed: int = 0, progress: bool =
         evaluate(run_dir, data, split="test")
         timings.append((f"evaluate {task} shipped weights", time.perf_counter() - start))
         runs[f"{task}: shipped weights ({DEFAULT_MODELS[task]}, trained at full scale)"] = run_dir
+    # the lens finder trained here ranks the demo's test cutouts: the catalogue `lensfinder inspect` opens
+    lens_data = out / "data" / "lensfinding"
+    predict_catalog([lens_data / "test_lenses", lens_data / "test_nonlenses"], out / "candidates.csv",
+                    run=out / "runs" / f"lensfinding-default-{DEFAULT_MODELS['lensfinding']}")
     report = write_comparison(runs, out / "report.html",
                               title=f"lensfinder demo ({scale} scale): report baselines vs lensfinder defaults")
     write_text_atomic(out / "timings.txt", "".join(f"{name}\t{seconds:.1f} s\n" for name, seconds in timings))

@@ -119,7 +119,11 @@ class LensModule(L.LightningModule):
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"}}
         total_steps = int(self.trainer.estimated_stepping_batches)
         if self.hparams.scheduler == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=total_steps, pct_start=0.2)
+            # at least two steps in each phase: with very few steps in all (a tiny data set), 20 % of them rounds
+            # to zero steps of warm-up and OneCycleLR divides by zero
+            total_steps = max(total_steps, 4)
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=total_steps,
+                                                            pct_start=min(0.5, max(0.2, 2.0 / total_steps)))
         else:
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
