@@ -246,17 +246,17 @@ def test_a_run_killed_with_sigkill_resumes_where_it_stopped(survey, tmp_path):
     parts = tmp_path / "catalogue.parquet.parts"
     process = subprocess.Popen(_predict_command(survey, out, "--devices", "1"), env=ENV, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # imports alone take minutes on a loaded machine
     while not list(parts.glob("part-*.parquet")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    _, stderr = process.communicate()
     kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in parts.glob("part-*.parquet")}
-    assert 0 < len(kept) < 15, "the run should have been killed after its first part and before its last"
+    assert 0 < len(kept) < 15, f"killed after its first part and before its last? {stderr.decode()[-2000:]}"
     assert not out.exists() and not list(parts.glob(".*tmp*"))  # no torn part left behind
 
     result = subprocess.run(_predict_command(survey, out, "--devices", "1"), env=ENV, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{15 - len(kept)} chunk(s) scored now, {len(kept)} before" in result.stdout
     assert {n: (p.stat().st_ino, p.stat().st_mtime_ns) for n, p in ((n, parts / n) for n in kept)} == kept
@@ -266,7 +266,7 @@ def test_a_run_killed_with_sigkill_resumes_where_it_stopped(survey, tmp_path):
 def test_two_ddp_processes_give_the_one_process_catalogue(survey, tmp_path):
     out = tmp_path / "ddp.parquet"
     result = subprocess.run(_predict_command(survey, out, "--devices", "2", "--strategy", "ddp"), env=ENV,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr
     assert len(list((tmp_path / "ddp.parquet.parts").glob("part-*.parquet"))) == 15
