@@ -216,7 +216,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
                                test=held.get("test"), test_fraction=config.test_fraction)
         if ckpt_path is None or extension:
             write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-        if ckpt_path is None:  # the versions that started the run; each resume records its own in resumes.json
+        if ckpt_path is None:  # the versions that started the run
             write_text_atomic(run_dir / "version.json", json.dumps(versions(), indent=1))
         write_text_atomic(run_dir / "normalization.json", json.dumps(normalization, indent=1))
         if ckpt_path is not None:
@@ -296,6 +296,5 @@ def _record_resume(run_dir: Path, ckpt_path: Path, extension: dict | None) -> No
     path = run_dir / "resumes.json"
     record = json.loads(path.read_text()) if path.is_file() else []
     record.append({"checkpoint": str(ckpt_path.relative_to(run_dir)), "checkpoint_epoch": int(checkpoint["epoch"]),
-                   "global_step": int(checkpoint["global_step"]), "lensfinder": versions()["lensfinder"],
-                   **(extension or {})})
+                   "global_step": int(checkpoint["global_step"]), **(extension or {})})
     write_text_atomic(path, json.dumps(record, indent=1))
