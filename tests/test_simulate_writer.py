@@ -176,14 +176,46 @@ def test_lensfinding_layout_counts_and_manifest(tmp_path):
     assert between(m["seeing_scale"], *cfg["observing"]["seeing_scale"])
 
 
-def test_published_lensfinding_counts_are_the_default():
-    import inspect
-
+def test_default_counts_are_the_published_ones(tmp_path, monkeypatch):
+    """Without counts, the writer lays out the report's published set: 1,730 / 28,675 training and 195 / 19,455
+    test lenses / non-lenses (the jobs are captured before anything renders)."""
     from lensfinder.simulate import writer
 
-    assert writer.PUBLISHED_LENSFINDING_COUNTS == {"train_lenses": 1730, "train_nonlenses": 28675,
-                                                   "test_lenses": 195, "test_nonlenses": 19455}
-    assert inspect.signature(simulate_lensfinding).parameters["counts"].default is None
+    captured = {}
+    monkeypatch.setattr(writer, "_run", lambda out_dir, jobs, **kw: captured.setdefault("jobs", jobs))
+    simulate_lensfinding(tmp_path, progress=False)
+    per_folder = {}
+    for job in captured["jobs"]:
+        per_folder[job["folder"]] = per_folder.get(job["folder"], 0) + 1
+    assert per_folder == {"train_lenses": 1730, "train_nonlenses": 28675, "test_lenses": 195, "test_nonlenses": 19455}
+
+
+def test_simulate_killed_with_sigkill_resumes_to_the_same_bytes(tmp_path):
+    """A real SIGKILL in the middle of `lensfinder simulate`, then the same command again: the files are
+    byte-identical to an uninterrupted run's, and the manifest too."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out):
+        return [sys.executable, "-m", "lensfinder", "simulate", "lensfinding", "--out", str(out), "--seed", "3",
+                "--train-lenses", "0", "--train-nonlenses", "0", "--test-lenses", "30", "--test-nonlenses", "120",
+                "--batch-size", "8", "--workers", "1"]
+
+    subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(killed.glob("test_*/*.npy"))) < 20:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(list(killed.glob("test_*/*.npy")))
+    assert 0 < written < 150, written  # killed part-way
+    subprocess.run(command(killed), check=True, capture_output=True)
+    assert _bytes(killed) == _bytes(tmp_path / "whole")  # the killed writer's temporaries are gone too
+    assert not list(killed.rglob(".*"))
 
 
 def test_cli_runs_once_and_rejects_bad_arguments(tmp_path):

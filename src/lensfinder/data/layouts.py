@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,8 @@ def check_task(task: str) -> str:
 
 
 def _npy_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix == ".npy" and p.is_file())
+    """The .npy files of a folder; hidden ones (names starting with '.', e.g. a killed writer's temporaries) are not data."""
+    return sorted(p for p in folder.iterdir() if p.suffix == ".npy" and not p.name.startswith(".") and p.is_file())
 
 
 def _order_classes(names: list[str]) -> list[str]:
@@ -209,6 +211,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporaries that `atomic_path` leaves behind when its process is killed (SIGKILL skips the
+    clean-up) below `folder`; returns how many. For a writer resuming into its own output folder."""
+    stale = [p for p in Path(folder).rglob(".*.tmp*") if p.is_file() and re.fullmatch(r"\..+\.\d+\.tmp(\.[^.]+)*", p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 @contextmanager

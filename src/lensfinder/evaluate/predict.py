@@ -48,7 +48,8 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and (p.suffix == ".npy" or _is_fits(p)))
+            found = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith(".")
+                           and (p.suffix == ".npy" or _is_fits(p)))
             if not found:
                 raise InputError(f"{item}: folder holds no .npy or FITS files")
             files += found

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..data.layouts import atomic_write, write_text_atomic
+from ..data.layouts import atomic_write, remove_stale_temporaries, write_text_atomic
 from ..validation import InputError
 from . import population as pop
 from .engine import LensfindingSimulator, SubstructureSimulator
@@ -213,6 +213,7 @@ def _run(out_dir: Path, jobs: list[dict], *, columns, config, batch_size, chunk,
     """Shared driver: jobs are dicts with id, rel (path), group (objects of one group batch together)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_config(out_dir, {k: config[k] for k in ("task", "preset", "seed", "options")})
+    remove_stale_temporaries(out_dir)  # a killed run's half-written files
     journal = _Journal(out_dir, columns)
     todo = [j for j in jobs if not journal.done(j["id"], j["rel"])]
     for folder in {str(Path(j["rel"]).parent) for j in jobs}:
