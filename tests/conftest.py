@@ -59,6 +59,46 @@ def make_lensfinding_layout(root: Path, *, counts: dict[str, int], size: int = 3
     return root
 
 
+HAND_SET_GAIN = 40.0  # the hand-set lens model: logit(lens) - logit(nonlens) = gain * mean pixel of a cutout
+
+
+def hand_set_lens_model(path=None, *, gain: float = HAND_SET_GAIN):
+    """report-cnn3 on 3x8x8 cutouts, weights set so that for a cutout of non-negative pixels the logits are
+    (0, gain * mean pixel): every convolution averages the channels at the centre tap, batch norms are the
+    identity, the first dense layer averages its inputs and the last puts `gain` times that on `lens`.
+    Max pooling keeps a constant image constant, so constant cutouts give exactly (0, gain * value).
+    Returns the module (eval mode), exported to `path` as well when given."""
+    import torch
+
+    from lensfinder.train.module import LensModule
+    from lensfinder.train.run import export_model
+
+    module = LensModule(task="lensfinding", model_name="report-cnn3", in_channels=3, num_classes=2, image_size=8,
+                        class_names=["nonlens", "lens"], normalization={"kind": "none"}, class_weights=None, lr=1e-3,
+                        weight_decay=0.0, scheduler="plateau", augment=False, tta=False)
+    with torch.no_grad():
+        for layer in module.model.features:
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.weight.zero_()
+                layer.bias.zero_()
+                layer.weight[:, :, 1, 1] = 1.0 / layer.in_channels
+            elif isinstance(layer, torch.nn.BatchNorm2d):
+                layer.running_mean.zero_()
+                layer.running_var.fill_(1.0 - layer.eps)
+                layer.weight.fill_(1.0)
+                layer.bias.zero_()
+        first, last = module.model.head[0], module.model.head[-1]
+        first.weight.fill_(1.0 / first.in_features)
+        first.bias.zero_()
+        last.weight.zero_()
+        last.bias.zero_()
+        last.weight[1] = gain / last.in_features
+    module.eval()
+    if path is not None:
+        export_model(module, path)
+    return module
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LENSFINDER_CACHE", str(tmp_path / "cache"))

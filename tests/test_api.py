@@ -13,40 +13,16 @@ import pytest
 import torch
 
 import lensfinder
+from conftest import HAND_SET_GAIN, hand_set_lens_model
 from lensfinder import InputError
 from lensfinder.train.module import LensModule
-from lensfinder.train.run import export_model
 
-GAIN = 40.0  # the hand-set model: logit(lens) - logit(nonlens) = GAIN * mean pixel of a non-negative cutout
+GAIN = HAND_SET_GAIN
 
 
 def hand_set_model(path=None) -> LensModule:
-    """report-cnn3 on 3x8x8 cutouts whose logits are (0, GAIN * mean pixel) for a constant non-negative cutout:
-    every convolution averages the channels at its centre tap, batch norms are the identity, the head averages."""
-    module = LensModule(task="lensfinding", model_name="report-cnn3", in_channels=3, num_classes=2, image_size=8,
-                        class_names=["nonlens", "lens"], normalization={"kind": "none"}, class_weights=None, lr=1e-3,
-                        weight_decay=0.0, scheduler="plateau", augment=False, tta=False)
-    with torch.no_grad():
-        for layer in module.model.features:
-            if isinstance(layer, torch.nn.Conv2d):
-                layer.weight.zero_()
-                layer.bias.zero_()
-                layer.weight[:, :, 1, 1] = 1.0 / layer.in_channels
-            elif isinstance(layer, torch.nn.BatchNorm2d):
-                layer.running_mean.zero_()
-                layer.running_var.fill_(1.0 - layer.eps)
-                layer.weight.fill_(1.0)
-                layer.bias.zero_()
-        first, last = module.model.head[0], module.model.head[-1]
-        first.weight.fill_(1.0 / first.in_features)
-        first.bias.zero_()
-        last.weight.zero_()
-        last.bias.zero_()
-        last.weight[1] = GAIN / last.in_features
-    module.eval()
-    if path is not None:
-        export_model(module, path)
-    return module
+    """The shared hand-set lens model (conftest): logits (0, GAIN * mean pixel)."""
+    return hand_set_lens_model(path)
 
 
 VALUES = np.array([0.30, 0.05, 0.90, 0.0, 0.60], dtype=np.float32)  # one constant cutout per value

@@ -8,42 +8,17 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
+from conftest import HAND_SET_GAIN, hand_set_lens_model
 from lensfinder.evaluate.predict import predict_catalog
-from lensfinder.train.module import LensModule
-from lensfinder.train.run import export_model
 from lensfinder.validation import InputError
 
-GAIN = 40.0  # logit(lens) - logit(nonlens) = GAIN * mean pixel value of the cutout
+GAIN = HAND_SET_GAIN
 
 
 def hand_set_model(path, *, gain: float = GAIN):
-    """report-cnn3 on 3x8x8 cutouts, weights set so that for a cutout of non-negative pixels the logits are
-    (0, gain * mean pixel): every convolution averages the channels at the centre tap, batch norms are the
-    identity, the first dense layer averages its inputs and the last puts `gain` times that on `lens`.
-    Max pooling keeps a constant image constant, so constant cutouts give exactly (0, gain * value)."""
-    module = LensModule(task="lensfinding", model_name="report-cnn3", in_channels=3, num_classes=2, image_size=8,
-                        class_names=["nonlens", "lens"], normalization={"kind": "none"}, class_weights=None, lr=1e-3,
-                        weight_decay=0.0, scheduler="plateau", augment=False, tta=False)
-    with torch.no_grad():
-        for layer in module.model.features:
-            if isinstance(layer, torch.nn.Conv2d):
-                layer.weight.zero_()
-                layer.bias.zero_()
-                layer.weight[:, :, 1, 1] = 1.0 / layer.in_channels
-            elif isinstance(layer, torch.nn.BatchNorm2d):
-                layer.running_mean.zero_()
-                layer.running_var.fill_(1.0 - layer.eps)
-                layer.weight.fill_(1.0)
-                layer.bias.zero_()
-        first, last = module.model.head[0], module.model.head[-1]
-        first.weight.fill_(1.0 / first.in_features)
-        first.bias.zero_()
-        last.weight.zero_()
-        last.bias.zero_()
-        last.weight[1] = gain / last.in_features
-    export_model(module.eval(), path)
+    """The shared hand-set lens model (conftest), exported to `path`; returns the path."""
+    hand_set_lens_model(path, gain=gain)
     return path
 
 

@@ -64,10 +64,10 @@ def residual_stages(block: Callable[[int, int, int], nn.Module], in_width: int, 
 
 class ResNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, ...], blocks: tuple[int, ...],
-                 stem_width: int, dropout: float = 0.1):
+                 stem_width: int, dropout: float = 0.1, *, stem_kernel: int = 5, stem_stride: int = 2):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 5, 2, 2, bias=False), nn.BatchNorm2d(stem_width),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, stem_kernel, stem_stride, stem_kernel // 2, bias=False),
+                                  nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
         self.stages, channels = residual_stages(BasicBlock, stem_width, widths, blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = channels

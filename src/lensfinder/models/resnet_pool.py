@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ._registry import register_model
-from .resnet import BasicBlock, fold_residual_batchnorm, residual_stages
+from .resnet import ResNet
 
 # The pooled image is about this many pixels across: 150 -> 75 (k = 2), 64 -> 64 (k = 1).
 POOLED_SIZE_PX = 75
@@ -26,38 +26,19 @@ def area_factor(image_size: int) -> int:
     return max(1, round(image_size / POOLED_SIZE_PX))
 
 
-class PooledResNet(nn.Module):
-    """Area average k x k, a 3x3 stem, then residual stages (each after the first halves the image)."""
+class PooledResNet(ResNet):
+    """Area average k x k, then `ResNet` with a 3x3 stem (5x5 unpooled, so that k = 1 is `resnet-s` exactly)."""
 
     def __init__(self, in_channels: int, num_classes: int, *, image_size: int, widths: tuple[int, ...],
                  blocks: tuple[int, ...], stem_width: int, stem_stride: int, dropout: float = 0.1):
-        super().__init__()
-        self.area_factor = area_factor(image_size)
-        self.pool_in = nn.AvgPool2d(self.area_factor) if self.area_factor > 1 else nn.Identity()
-        # Unpooled (k = 1) the stem is resnet-s's 5x5, so at 64 px this network is resnet-s, layer for layer.
-        kernel = 5 if self.area_factor == 1 else 3
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, kernel, stem_stride, kernel // 2, bias=False),
-                                  nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
-        self.stages, channels = residual_stages(BasicBlock, stem_width, widths, blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = channels
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        for block in self.stages:
-            nn.init.zeros_(block.bn2.weight)  # each block starts as the identity
-
-    def fold_batchnorm(self) -> "PooledResNet":
-        """For inference only (eval mode): fold every batch norm into the convolution before it."""
-        return fold_residual_batchnorm(self)
+        k = area_factor(image_size)
+        super().__init__(in_channels, num_classes, widths, blocks, stem_width, dropout,
+                         stem_kernel=5 if k == 1 else 3, stem_stride=stem_stride)
+        self.area_factor = k
+        self.pool_in = nn.AvgPool2d(k) if k > 1 else nn.Identity()  # no parameters: initialisation unchanged
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool_in(x).contiguous(memory_format=torch.channels_last)
-        return torch.flatten(self.pool(self.stages(self.stem(x))), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+        return super().forward_features(self.pool_in(x))
 
 
 @register_model("resnet-pool-s", "resnet-s with an area-average stem: 150 px averaged to 75, then a 3x3 stem; at 64 px resnet-s")
