@@ -20,16 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..data.transforms import d4_transform
 from ._registry import register_model
 from .resnet import fold_residual_batchnorm, residual_stages
 
 GROUP_ORDER = 8
 
 
-def d4_act(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Spatial action of element k on the last two axes (same convention as data.transforms.d4_transform)."""
-    y = torch.rot90(x, k % 4, dims=(-2, -1))
-    return torch.flip(y, dims=(-1,)) if k >= 4 else y
+# The spatial action of element k on the last two axes: the one D4 transform of the package.
+d4_act = d4_transform
 
 
 def _cayley_table() -> tuple[list[list[int]], list[int]]:

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from ..data.layouts import LENSFINDING_CLASSES  # the layout's class list, the one the files are read with
 from ..validation import InputError
 from . import conventions as conv
 from . import physics, render
@@ -15,7 +16,6 @@ from . import physics, render
 TASK_CODES = {"substructure": 1, "lensfinding": 2}
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "stream": 9}
 SUBSTRUCTURE_CLASSES = ("no", "sphere", "vort")
-LENSFINDING_CLASSES = ("nonlens", "lens")
 
 
 def object_rngs(seed: int, task: str, split: str, class_index: int, index: int, worker: int = 0):
