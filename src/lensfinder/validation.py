@@ -15,6 +15,21 @@ import numpy as np
 _MAX_OBJECT_NESTING = 3
 
 
+FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
+
+
+def split_band_name(path: Path, bands) -> tuple[str, str | None]:
+    """(object key, band) of a one-file-per-band FITS name NAME_<band>.fits (any of FITS_SUFFIXES): the key is
+    the folder plus NAME; the band is None when the name ends in none of `bands` (the caller says what to do)."""
+    stem = Path(path).name
+    for suffix in FITS_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    band = next((b for b in bands if stem.endswith(f"_{b}")), None)
+    return (str(Path(path).parent / stem[: -len(band) - 1]) if band else str(Path(path).parent / stem)), band
+
+
 class InputError(ValueError):
     """A user-facing input problem: the message names the input, what was expected and what was found."""
 

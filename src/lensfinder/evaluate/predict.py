@@ -17,12 +17,11 @@ from ..data.layouts import atomic_write, write_text_atomic
 from ..metrics import log_odds
 from ..train.module import LensModule
 from ..train.run import load_model, versions
-from ..validation import InputError, as_chw, check_channels, load_npy
+from ..validation import FITS_SUFFIXES, InputError, as_chw, check_channels, load_npy, split_band_name
 from .inference import pick_device, softmax
 from .shipped import WEIGHTS_DIR, shipped_run, shipped_weights  # noqa: F401  (moved; importable from here)
 
 NPY_SUFFIXES = (".npy",)
-FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
 OUTPUT_SUFFIXES = (".csv",)
 ON_BAD = ("skip", "fail")  # what a cutout that cannot be scored does: listed and left out, or stops the run
 
@@ -67,15 +66,9 @@ def group_bands(files: list[Path], band_suffixes: list[str]) -> list[tuple[str, 
     """Group one-file-per-band FITS cutouts NAME_<band>.fits into objects, bands in the given order."""
     groups: dict[str, dict[str, Path]] = {}
     for path in files:
-        stem = path.name
-        for suffix in FITS_SUFFIXES:
-            if stem.lower().endswith(suffix):
-                stem = stem[: -len(suffix)]
-                break
-        band = next((b for b in band_suffixes if stem.endswith(f"_{b}")), None)
+        key, band = split_band_name(path, band_suffixes)
         if band is None:
             raise InputError(f"{path}: name does not end in _<band> for any band of {band_suffixes}")
-        key = str(path.parent / stem[: -len(band) - 1])
         groups.setdefault(key, {})[band] = path
     out = []
     for key, bands in sorted(groups.items()):

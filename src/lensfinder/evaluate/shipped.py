@@ -7,59 +7,16 @@ image size and the simulator preset it was trained on; `<task>.safetensors` is e
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import safe_open
 
 from ..config import TrainConfig
 from ..data.layouts import atomic_path, write_text_atomic
+from ..shipped import WEIGHTS_DIR, shipped_catalog, shipped_weights  # noqa: F401  (the registry; importable from here)
 from ..train.run import load_model
-from ..validation import InputError
-
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-def shipped_catalog(weights_dir: Path = WEIGHTS_DIR) -> list[dict]:
-    """One entry per shipped file: path, task, preset, channels, size, model (read from metadata only)."""
-    entries = []
-    for path in sorted(Path(weights_dir).glob("*.safetensors")) if Path(weights_dir).is_dir() else []:
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                hparams = json.loads((handle.metadata() or {}).get("hparams", "{}"))
-        except (SafetensorError, OSError, json.JSONDecodeError):
-            continue
-        entries.append({"path": path, "task": hparams.get("task"), "preset": hparams.get("preset"),
-                        "channels": hparams.get("in_channels"), "size": hparams.get("image_size"),
-                        "model": hparams.get("model_name")})
-    return entries
-
-
-def _describe(entries: list[dict]) -> str:
-    return "; ".join(f"{e['path'].name} ({e['task']}, preset {e['preset']}, {e['channels']}x{e['size']}x{e['size']})"
-                     for e in entries) or "none"
-
-
-def shipped_weights(task: str, *, preset: str | None = None, channels: int | None = None, size: int | None = None,
-                    weights_dir: Path = WEIGHTS_DIR) -> Path:
-    """The shipped weights of `task` whose input matches: trained on `preset`, taking `channels` x `size` x `size`
-    images (each None: any). Several matches: `<task>.safetensors` first, else the first by name."""
-    catalog = shipped_catalog(weights_dir)
-    for_task = [e for e in catalog if e["task"] == task]
-    found = [e for e in for_task if (preset is None or e["preset"] == preset)
-             and (channels is None or e["channels"] == channels) and (size is None or e["size"] == size)]
-    if not found:
-        wanted = ", ".join(f"{k} {v}" for k, v in (("preset", preset), ("channels", channels), ("size", size))
-                           if v is not None)
-        raise InputError(f"no shipped weights for task {task!r}{' with ' + wanted if wanted else ''}; shipped: "
-                         f"{_describe(for_task or catalog)}. Pass --preset with one of those, or --run with a "
-                         "trained run folder")
-    default = [e for e in found if e["path"].name == f"{task}.safetensors"]
-    return (default or found)[0]["path"]
 
 
 def input_shape(inputs: list[Path]) -> tuple[int, int] | None:

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..validation import InputError
+from ..validation import FITS_SUFFIXES, InputError
 
 CATALOGUE_SUFFIXES = (".csv", ".fits", ".fit", ".parquet")
 ID_COLUMNS = ("path", "id", "object")  # the object's key, first found wins (predict writes `path`)
-FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
 BAND_ORDER = "ugrizy"  # one-file-per-band objects: bands sorted blue to red, then any others by name
 MANIFEST = "manifest.csv"
 MANIFEST_DEPTH = 4  # how many parent folders above a cutout are searched for a simulated set's manifest.csv

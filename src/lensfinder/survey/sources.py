@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..validation import InputError
+from ..validation import FITS_SUFFIXES, InputError, split_band_name
 
 CUBE_SUFFIXES = (".h5", ".hdf5", ".zarr")
-FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
 CATALOGUE_SUFFIXES = (".parquet", ".csv", *FITS_SUFFIXES)
 EDGE_RULES = ("pad", "skip")  # an object whose cutout runs off its tile: zero-padded and flagged, or rejected
 PIXEL_SCALE_TOLERANCE = 0.01  # relative: a tile whose pixels differ from the model's by more is refused
@@ -228,16 +227,11 @@ def group_tiles(files: list[Path], bands: list[str]) -> list[tuple[str, list[Pat
     for path in map(Path, files):
         if not _lower(path).endswith(FITS_SUFFIXES):
             raise InputError(f"{path}: a tile must be a FITS image (one file per band, NAME_<band>.fits)")
-        stem = path.name
-        for suffix in FITS_SUFFIXES:
-            if stem.lower().endswith(suffix):
-                stem = stem[: -len(suffix)]
-                break
-        band = next((b for b in bands if stem.endswith(f"_{b}")), None)
+        key, band = split_band_name(path, bands)
         if band is None:
             raise InputError(f"{path}: name does not end in _<band> for any band of --bands {','.join(bands)}; name "
                              "each tile file NAME_<band>.fits")
-        tiles.setdefault(str(path.parent / stem[: -len(band) - 1]), {})[band] = path
+        tiles.setdefault(key, {})[band] = path
     out = []
     for name, found in sorted(tiles.items()):
         missing = [b for b in bands if b not in found]

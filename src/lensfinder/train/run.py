@@ -21,6 +21,7 @@ from ..data.datamodule import LensDataModule, PackedDataset, epoch_seed
 from ..data.layouts import atomic_path, discover, held_out_listings, write_split_record, write_text_atomic
 from ..data.normalize import channel_stats
 from ..metrics import log_odds
+from ..shipped import shipped_weights
 from ..validation import InputError
 from .calibrate import choose_survey_thresholds, fit_calibration, validation_log_probs
 from .history import plot_history, read_history
@@ -265,8 +266,6 @@ def _init_from(module: LensModule, config: TrainConfig) -> dict:
 
     hp = module.hparams
     if config.init == "shipped":
-        from ..evaluate.shipped import shipped_weights  # the package's weights registry
-
         path = shipped_weights(config.task, channels=hp.in_channels, size=hp.image_size)
     else:
         path = Path(config.init)
