@@ -52,7 +52,10 @@ class LensModule(L.LightningModule):
         a catalogue is ranked by."""
         use_tta = self.hparams.tta if tta is None else tta
         views = range(8) if use_tta else range(1)
-        log_probs = torch.stack([F.log_softmax(self(d4_transform(x, k)).double(), dim=1) for k in views]).mean(0)
+        # Normalised once: every normalisation's statistics (channel, per-image min/max, median/MAD, peak) are
+        # unchanged by a D4 view, so normalising then transforming gives the same views as the other way round.
+        x = self.normalizer(x)
+        log_probs = torch.stack([F.log_softmax(self.model(d4_transform(x, k)).double(), dim=1) for k in views]).mean(0)
         return self.calibrate(log_probs, prevalence=prevalence) if calibrated else log_probs
 
     def calibrate(self, log_probs: torch.Tensor, *, prevalence: float | None = None) -> torch.Tensor:
