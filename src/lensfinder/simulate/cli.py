@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -50,21 +51,55 @@ def substructure(
 
 @app.command()
 def lensfinding(
-    preset: str = typer.Option("lsst-gri", help="lsst-gri | des-gri"),
+    preset: Optional[str] = typer.Option(None, help="lsst-gri | des-gri | lsst-gri-poor (default lsst-gri); with --hosts: "
+                                         "the survey the hosts come from (its pixel scale, nanomaggies)",
+                                         show_default="lsst-gri"),
     out: Path = typer.Option(..., help="output folder"),
     seed: int = typer.Option(0),
-    train_lenses: int = typer.Option(PUBLISHED_LENSFINDING_COUNTS["train_lenses"]),
-    train_nonlenses: int = typer.Option(PUBLISHED_LENSFINDING_COUNTS["train_nonlenses"]),
-    test_lenses: int = typer.Option(PUBLISHED_LENSFINDING_COUNTS["test_lenses"]),
-    test_nonlenses: int = typer.Option(PUBLISHED_LENSFINDING_COUNTS["test_nonlenses"]),
+    train_lenses: Optional[int] = typer.Option(None, show_default=f"{PUBLISHED_LENSFINDING_COUNTS['train_lenses']}; "
+                                               "with --hosts: half of 80 % of the hosts"),
+    train_nonlenses: Optional[int] = typer.Option(None, show_default=f"{PUBLISHED_LENSFINDING_COUNTS['train_nonlenses']}; "
+                                                  "with --hosts: the other half"),
+    test_lenses: Optional[int] = typer.Option(None, show_default=f"{PUBLISHED_LENSFINDING_COUNTS['test_lenses']}; "
+                                              "with --hosts: half of 20 % of the hosts"),
+    test_nonlenses: Optional[int] = typer.Option(None, show_default=f"{PUBLISHED_LENSFINDING_COUNTS['test_nonlenses']}; "
+                                                 "with --hosts: the other half"),
     batch_size: int = typer.Option(256),
     device: str = typer.Option("cpu"),
     workers: int = typer.Option(None, help=WORKERS_HELP, show_default="cores available"),
     confusers: str = typer.Option("all", help="confuser families and artefact kinds to draw, comma-separated (all; "
                                   "-NAME leaves one out, e.g. all,-shells,-cosmic_ray); listed in presets/_lensfinding.yaml"),
+    hosts: Optional[Path] = typer.Option(None, help="paint lenses onto your own cutouts: a folder of .npy / FITS files "
+                                         "((C, H, W), or NAME_<band>.fits per band) or a .h5 / .zarr cube; each host "
+                                         "is used once, as a lens or a non-lens"),
+    bands: str = typer.Option("g,r,i", help="with --hosts: the hosts' bands in channel order (among g, r, i)"),
+    psf: Optional[str] = typer.Option(None, help="with --hosts: folder of PSF images NAME_<band>.fits (from "
+                                      "`lensfinder psf`), or the files in band order, comma-separated"),
+    psf_fwhm: Optional[str] = typer.Option(None, help="with --hosts: Gaussian PSF instead, FWHM in arcsec: one, or one "
+                                           "per band (e.g. 1.0,0.9,0.85)"),
+    zero_point: Optional[str] = typer.Option(None, help="with --hosts: AB magnitude of a pixel value of 1 (one, or one "
+                                             "per band); default: the preset's units (nanomaggies, 22.5)"),
+    pixel_scale: Optional[float] = typer.Option(None, help="with --hosts: arcsec per pixel; default: the preset's"),
+    catalogue: Optional[Path] = typer.Option(None, help="with --hosts: CSV / Parquet table of Einstein radii, keyed by "
+                                             "host id or file name (column id, object_id, file, path or filename)"),
+    theta_e_column: Optional[str] = typer.Option(None, help="with --catalogue: its column of Einstein radii (arcsec); "
+                                                 "hosts without a value draw theta_E from their brightness and colour"),
 ) -> None:
-    """Task 2: 3-band (g, r, i) lens / non-lens cutouts in nanomaggies; defaults: published counts."""
-    counts = {"train_lenses": train_lenses, "train_nonlenses": train_nonlenses, "test_lenses": test_lenses,
-              "test_nonlenses": test_nonlenses}
-    _call(simulate_lensfinding, out_dir=out, preset=preset, counts=counts, seed=seed, batch_size=batch_size,
-          device=device, workers=_cores() if workers is None else workers, confusers=confusers.split(","))
+    """Task 2: 3-band (g, r, i) lens / non-lens cutouts in nanomaggies; defaults: published counts. With --hosts,
+    simulated lensed sources painted onto your own cutouts instead (same layout; manifest with host, theta_E,
+    source magnitude and arc S/N against each host's own sky noise)."""
+    given = {"train_lenses": train_lenses, "train_nonlenses": train_nonlenses, "test_lenses": test_lenses,
+             "test_nonlenses": test_nonlenses}
+    workers = _cores() if workers is None else workers
+    if hosts is not None:
+        from ..hosts.paint import paint_hosts
+
+        counts = None if all(v is None for v in given.values()) else {k: v or 0 for k, v in given.items()}
+        _call(paint_hosts, out_dir=out, hosts=hosts, bands=[b.strip() for b in bands.split(",") if b.strip()],
+              preset=preset, pixel_scale_arcsec=pixel_scale, zero_point=zero_point, psf=psf, psf_fwhm_arcsec=psf_fwhm,
+              catalogue=catalogue, theta_e_column=theta_e_column, counts=counts, seed=seed,
+              batch_size=batch_size, workers=workers)
+        return
+    counts = {k: PUBLISHED_LENSFINDING_COUNTS[k] if v is None else v for k, v in given.items()}
+    _call(simulate_lensfinding, out_dir=out, preset=preset or "lsst-gri", counts=counts, seed=seed,
+          batch_size=batch_size, device=device, workers=workers, confusers=confusers.split(","))
