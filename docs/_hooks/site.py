@@ -4,7 +4,7 @@ no number or option is typed twice. A page asks for a part with a line `<!-- gen
   presets      the simulator presets (src/lensfinder/simulate/presets/*.yaml)
   cli          every command's usage, help and options (the typer app)
   quality      the quality tables (benchmarks/results/quality*.json)
-  speed        inference and simulation speed (benchmarks/results/quality*.json, simulate.json)
+  speed        inference, simulation and training speed (benchmarks/results/quality*.json, simulate.json, train_speed.json)
   robustness   the robustness table (benchmarks/results/robustness.json), when it has been run
   model-cards  the model card of each shipped weight (src/lensfinder/weights/*.md)
 
@@ -139,6 +139,13 @@ def speed() -> str:
                        [[r.get("preset"), r.get("class"), r.get("lensfinder_img_s"), r.get("lensfinder_workers_img_s"),
                          r.get("lenstronomy_img_s"), r.get("ratio"), r.get("ratio_workers")]
                         for r in record.get("rows", [])])]
+    training = RESULTS / "train_speed.json"
+    if training.is_file():
+        record = json.loads(training.read_text())
+        out += [f"\n### Training (images per second, forward + backward + step, batch 64; `train_speed.json`, {_machine(record)}; "
+                f"{record.get('note') or ''})\n",
+                _table(["model", "image size", "threads", "images per s"],
+                       [[r.get("model"), r.get("size"), r.get("threads"), r.get("images_per_s")] for r in record.get("rows", [])])]
     return "\n".join(out)
 
 
