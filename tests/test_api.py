@@ -35,7 +35,7 @@ def constant_images(values=VALUES) -> np.ndarray:
 def test_array_in_dataframe_out_ranked_by_float64_log_odds():
     table = lensfinder.predict(hand_set_model(), constant_images())
     assert isinstance(table, pd.DataFrame)
-    assert list(table.columns) == ["id", "p_nonlens", "p_lens", "score", "predicted"]
+    assert list(table.columns) == ["id", "p_nonlens", "p_lens", "score", "predicted", "views"]
     assert table.index.name == "rank" and table.index.tolist() == [1, 2, 3, 4, 5]
     # ids are the rows of the input, in the order of their values: 0.90, 0.60, 0.30, 0.05, 0.0
     assert table["id"].tolist() == [2, 4, 0, 1, 3]

@@ -51,7 +51,7 @@ def catalogue(tmp_path_factory) -> Path:
     corrupt.write_bytes(b"\x93NUMPY not really")
     with open(ranked.path, newline="") as handle:
         rows = list(csv.reader(handle))
-    rows += [[21, str(root / "gone.npy"), 0.5, 0.5, -30.0, "nonlens"], [22, str(corrupt), 0.5, 0.5, -31.0, "nonlens"]]
+    rows += [[21, str(root / "gone.npy"), 0.5, 0.5, -30.0, "nonlens", 1], [22, str(corrupt), 0.5, 0.5, -31.0, "nonlens", 1]]
     with open(ranked.path, "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
     return ranked.path

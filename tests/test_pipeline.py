@@ -64,7 +64,7 @@ def test_substructure_round_trip(tmp_path, substructure_root, monkeypatch):
 
     out = predict_catalog([substructure_root / "test" / "vort"], tmp_path / "pred.csv", run=run.path)
     rows = list(csv.DictReader(open(out)))
-    assert len(rows) == 10 and set(rows[0]) == {"rank", "path", "p_no", "p_sphere", "p_vort", "score", "predicted"}
+    assert len(rows) == 10 and set(rows[0]) == {"rank", "path", "p_no", "p_sphere", "p_vort", "score", "predicted", "views"}
     confidence = [max(float(r["p_no"]), float(r["p_sphere"]), float(r["p_vort"])) for r in rows]
     assert confidence == sorted(confidence, reverse=True)
 

@@ -38,7 +38,7 @@ def test_cutouts_whose_probabilities_round_to_one_are_still_ranked_by_log_odds(t
         np.save(tmp_path / name, constant_cutout(value))
     catalogue = predict_catalog([tmp_path / name for name in values], tmp_path / "cat.csv", run=model)
     rows = rows_of(catalogue)
-    assert list(rows[0]) == ["rank", "path", "p_nonlens", "p_lens", "score", "predicted"]
+    assert list(rows[0]) == ["rank", "path", "p_nonlens", "p_lens", "score", "predicted", "views"]
     assert [os.path.basename(r["path"]) for r in rows] == ["c.npy", "b.npy", "a.npy", "d.npy"]
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4"]
     # log-odds of lens = GAIN * value: 60, 40, 20, 2 (worked out by hand from the weights), at full precision

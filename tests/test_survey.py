@@ -67,8 +67,13 @@ def survey(tmp_path_factory):
     images = np.random.default_rng(1).random((600, 3, SIZE, SIZE), dtype=np.float32)
     cube = write_h5(root / "cube.h5", images, [f"obj{i:04d}" for i in range(600)], ra=np.linspace(10, 11, 600),
                     dec=np.linspace(-1, 1, 600))
-    reference = predict_survey([cube], root / "reference.parquet", run=model, chunk_rows=40, batch_size=40,
-                               accelerator="cpu", devices=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses run (OMP_NUM_THREADS=1): small batches' sums depend on threads
+    try:
+        reference = predict_survey([cube], root / "reference.parquet", run=model, chunk_rows=40, batch_size=40,
+                                   accelerator="cpu", devices=1)
+    finally:
+        torch.set_num_threads(threads)
     return {"root": root, "model": model, "cube": cube, "reference": table_rows(reference.merged.path), "images": images}
 
 
@@ -205,17 +210,17 @@ def test_parts_and_merge_rank_as_the_folder_path_does(tmp_path):
     images[11, 0, 0, 0] = np.nan  # rejected in the cube; a folder cutout like it is skipped
     np.save(paths[11], images[11])
     cube = write_h5(tmp_path / "cube.h5", images, [str(p) for p in paths])
-    folder_csv = predict_catalog([folder], tmp_path / "folder.csv", run=model, batch_size=8, device="cpu")
+    folder_csv = predict_catalog([folder], tmp_path / "folder.csv", run=model, batch_size=8, device="cpu", tta="all")
     with open(folder_csv, newline="") as handle:
         expected = list(csv.DictReader(handle))
 
-    result = predict_survey([cube], tmp_path / "survey.parquet", run=model, chunk_rows=16, batch_size=8,
+    result = predict_survey([cube], tmp_path / "survey.parquet", run=model, chunk_rows=16, batch_size=8, tta="all",
                             accelerator="cpu", devices=1)
     assert sorted(p.name for p in result.parts.glob("part-*.parquet")) == [f"part-{i:06d}.parquet" for i in range(3)]
     rows = table_rows(result.merged.path)
     assert [r["id"] for r in rows] == [r["path"] for r in expected]
     assert [r["score"] for r in rows] == [float(r["score"]) for r in expected]  # float64, equal to the last bit
-    assert [r["rank"] for r in rows] == list(range(1, 40)) and all(r["tta"] for r in rows)
+    assert [r["rank"] for r in rows] == list(range(1, 40)) and all(r["views"] == 8 for r in rows)
     assert [r["id"] for r in table_rows(result.merged.rejected_path)] == [str(paths[11])]
 
     # the same parts merged into CSV (full precision) and a FITS table; --top keeps the best rows
@@ -230,7 +235,7 @@ def test_parts_and_merge_rank_as_the_folder_path_does(tmp_path):
         merge_parts(result.parts, tmp_path / "out.txt")
 
     # the same parts folder with other settings is refused by name, not mixed
-    with pytest.raises(InputError, match="holds the parts of another run.*tta: parts True, now False"):
+    with pytest.raises(InputError, match="holds the parts of another run.*tta: parts 'all', now 'none'"):
         predict_survey([cube], tmp_path / "survey.parquet", run=model, chunk_rows=16, tta=False, accelerator="cpu",
                        devices=1)
 

@@ -219,15 +219,16 @@ def load_model(source: "PathLike | LensModule" = "shipped", *, task: str | None 
 # ----------------------------------------------------------------------------------------------------- predict
 def predict(model: "LensModule | PathLike", inputs: Any, *, task: str | None = None, preset: str | None = None,
             ids: Sequence | None = None, out: PathLike | None = None, batch_size: int = 256,
-            tta: bool | None = None, device: str = "auto", prevalence: float | None = None,
-            bands: Sequence[str] | None = None, on_bad: str = "skip", allow_pickle: bool = False,
-            num_workers: int = 0, progress: bool = False) -> "pd.DataFrame":
+            tta: bool | str | None = None, rescore_top: float = 0.01, device: str = "auto",
+            prevalence: float | None = None, bands: Sequence[str] | None = None, on_bad: str = "skip",
+            allow_pickle: bool = False, num_workers: int = 0, progress: bool = False) -> "pd.DataFrame":
     """Score images and return a pandas DataFrame ranked by score (highest first), index 'rank' from 1.
 
     Columns: ``id``; ``p_<class>`` for each class (calibrated probabilities, float64); ``score``, the float64
     log-odds (natural log) of the positive class for lens finding (log p_lens / (1 - p_lens)) or of the
     predicted class for substructure, which never saturates where probabilities round to 1; ``predicted``,
-    the most probable class. ``df.attrs`` records task, model, class_names and lensfinder_version.
+    the most probable class; ``views``, the D4 views averaged for the row (1 or 8). ``df.attrs`` records task,
+    model, class_names, tta, rescore_top and lensfinder_version.
 
     `model`: a loaded model (`load_model`), a run folder or .safetensors file, or 'shipped' with `task`.
 
@@ -244,7 +245,12 @@ def predict(model: "LensModule | PathLike", inputs: Any, *, task: str | None = N
         taken from the CSV's folder), scored like a list of paths.
 
     `prevalence` (binary, calibrated models) re-expresses p_lens for a population with that lens fraction,
-    e.g. 1e-3; the ranking does not change. `tta` (default: as trained) averages the 8 D4 views."""
+    e.g. 1e-3; the ranking does not change.
+
+    `tta` chooses which objects get the average over the 8 D4 views: "top" (the lens finder's default: every
+    object is scored with one view, then the best-scored `rescore_top` share, default 1 %, again with the 8),
+    "all" (or True: every object), "none" (or False: one view each); None follows the model (trained with
+    averaging: "top" for lens finding, "all" for substructure)."""
     import pandas as pd
 
     if isinstance(inputs, pd.DataFrame) or _is_csv(inputs):
@@ -254,12 +260,12 @@ def predict(model: "LensModule | PathLike", inputs: Any, *, task: str | None = N
             raise InputError("bands / out apply to files; an array is scored in memory (save the DataFrame with "
                              "df.to_csv to keep it)")
         return _predict_array(model, inputs, task=task, preset=preset, ids=ids, batch_size=batch_size, tta=tta,
-                              device=device, prevalence=prevalence)
+                              rescore_top=rescore_top, device=device, prevalence=prevalence)
     if ids is not None:
         raise InputError("ids: files are keyed by their paths; ids apply to an array")
     paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
     return _predict_files(model, paths, task=task, preset=preset, out=out, batch_size=batch_size, tta=tta,
-                          device=device, prevalence=prevalence, bands=bands, on_bad=on_bad,
+                          rescore_top=rescore_top, device=device, prevalence=prevalence, bands=bands, on_bad=on_bad,
                           allow_pickle=allow_pickle, num_workers=num_workers, progress=progress)
 
 
@@ -316,8 +322,9 @@ def _check_prevalence(module: "LensModule", prevalence: float | None) -> None:
         raise InputError(f"prevalence must be in (0, 1), got {prevalence}")
 
 
-def _predict_array(model, images, *, task, preset, ids, batch_size, tta, device, prevalence) -> "pd.DataFrame":
-    from .evaluate.inference import predict_logits_array
+def _predict_array(model, images, *, task, preset, ids, batch_size, tta, rescore_top, device,
+                   prevalence) -> "pd.DataFrame":
+    from .evaluate.inference import tta_plan, two_pass_logits_array
     from .evaluate.predict import _device
     from .validation import check_channels
 
@@ -350,11 +357,15 @@ def _predict_array(model, images, *, task, preset, ids, batch_size, tta, device,
         raise InputError(f"batch_size: expected >= 1, found {batch_size}")
     _check_prevalence(module, prevalence)
     _device(device)  # a device that does not exist is an InputError, as on the command line
-    logits = predict_logits_array(module, images, batch_size=batch_size, tta=tta, device=device, prevalence=prevalence)
-    return _ranked_table(list(ids), logits, module, tta=tta)
+    mode, share = tta_plan(hp, tta, rescore_top)
+    logits, views = two_pass_logits_array(module, images, mode=mode, share=share, batch_size=batch_size,
+                                          device=device, prevalence=prevalence,
+                                          positive=1 if hp.num_classes == 2 else None)
+    return _ranked_table(list(ids), logits, views, module, mode=mode, share=share)
 
 
-def _ranked_table(ids: list, logits: np.ndarray, module: "LensModule", *, tta: bool | None) -> "pd.DataFrame":
+def _ranked_table(ids: list, logits: np.ndarray, views: np.ndarray, module: "LensModule", *, mode: str,
+                  share: float) -> "pd.DataFrame":
     """The catalogue's rows (as `predict_catalog` writes them) from float64 logits (N, K), ranked by score."""
     import pandas as pd
 
@@ -369,20 +380,21 @@ def _ranked_table(ids: list, logits: np.ndarray, module: "LensModule", *, tta: b
     table = pd.DataFrame({"id": [ids[i] for i in order],
                           **{f"p_{c}": probs[order, k] for k, c in enumerate(names)},
                           "score": scores[order].astype(np.float64),
-                          "predicted": [names[k] for k in logits[order].argmax(1)]},
+                          "predicted": [names[k] for k in logits[order].argmax(1)],
+                          "views": views[order].astype(np.int64)},
                          index=pd.RangeIndex(1, len(order) + 1, name="rank"))
-    table.attrs.update(_attrs(module, tta=tta, version=__version__))
+    table.attrs.update(_attrs(module, mode=mode, share=share, version=__version__))
     return table
 
 
-def _attrs(module: "LensModule", *, tta: bool | None, version: str) -> dict:
+def _attrs(module: "LensModule", *, mode: str, share: float, version: str) -> dict:
     hp = module.hparams
     return {"task": hp.task, "model": hp.model_name, "preset": hp.get("preset"), "class_names": list(hp.class_names),
-            "tta": bool(hp.tta if tta is None else tta), "lensfinder_version": version}
+            "tta": mode, "rescore_top": share if mode == "top" else None, "lensfinder_version": version}
 
 
-def _predict_files(model, paths: list[Path], *, task, preset, out, batch_size, tta, device, prevalence, bands,
-                   on_bad, allow_pickle, num_workers, progress) -> "pd.DataFrame":
+def _predict_files(model, paths: list[Path], *, task, preset, out, batch_size, tta, rescore_top, device, prevalence,
+                   bands, on_bad, allow_pickle, num_workers, progress) -> "pd.DataFrame":
     import pandas as pd
 
     from . import __version__
@@ -407,14 +419,18 @@ def _predict_files(model, paths: list[Path], *, task, preset, out, batch_size, t
             run = Path(model)
             module = load_model(run, task=task)
         target = Path(out) if out is not None else Path(scratch) / "catalogue.csv"
-        catalogue = predict_catalog(paths, target, run=run, batch_size=batch_size, tta=tta, device=device,
+        catalogue = predict_catalog(paths, target, run=run, batch_size=batch_size, tta=tta, rescore_top=rescore_top,
+                                    device=device,
                                     num_workers=num_workers, allow_pickle=allow_pickle,
                                     band_suffixes=list(bands) if bands else None, progress=progress,
                                     prevalence=prevalence, on_bad=on_bad)
         table = pd.read_csv(catalogue.path, float_precision="round_trip", dtype={"path": str})
     table = table.rename(columns={"path": "id"}).set_index("rank")
     table["score"] = table["score"].astype(np.float64)
-    table.attrs.update(_attrs(module, tta=tta, version=__version__))
+    from .evaluate.inference import tta_plan
+
+    mode, share = tta_plan(module.hparams, tta, rescore_top)
+    table.attrs.update(_attrs(module, mode=mode, share=share, version=__version__))
     table.attrs["skipped"] = list(catalogue.skipped)
     if out is not None:
         table.attrs["catalogue"] = str(catalogue.path)

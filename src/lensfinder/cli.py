@@ -149,9 +149,15 @@ def predict(
     run: Optional[Path] = typer.Option(None, help="run folder; or give --task for the shipped weights"),
     task: Optional[str] = typer.Option(None, help="use the weights shipped for this task"),
     batch_size: int = typer.Option(512),
-    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="default: as trained"),
+    tta: Optional[str] = typer.Option(None, "--tta", help="which objects get the average over the 8 D4 views: top "
+                                      "(one view for all, then the 8 for the best-scored --rescore-top share; the "
+                                      "lens finders' default) | all | none; default: as trained (a substructure "
+                                      "model trained with averaging: all)"),
+    no_tta: bool = typer.Option(False, "--no-tta", help="one view for every object (= --tta none)"),
+    rescore_top: float = typer.Option(0.01, help="with --tta top: the share of the best-scored objects re-scored "
+                                                 "with the 8 views (0.01 = 1 %; 0: none)"),
     device: str = typer.Option("auto"),
-    num_workers: int = typer.Option(0),
+    num_workers: int = typer.Option(0, help="DataLoader worker processes reading (and cutting) the cutouts"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle"),
     bands: Optional[str] = typer.Option(None, help="one FITS file per band: comma-separated band suffixes, e.g. g,r,i"),
     shard: Optional[str] = typer.Option(None, help="K/N: score only every N-th object from K (one job of N on a cluster)"),
@@ -181,34 +187,47 @@ def predict(
 
     A cube or tiles + --catalogue run on Lightning (1..N processes) and write Parquet parts into OUT.parts, one per
     chunk: run the same command again after a crash and only the missing chunks are scored; the parts are merged
-    into OUT at the end (or with `lensfinder merge`). Rows that cannot be scored go to OUT.rejected.<ext>."""
+    into OUT at the end (or with `lensfinder merge`). Rows that cannot be scored go to OUT.rejected.<ext>.
+
+    Lens finding scores in two passes by default (--tta top): every object with one view, then the best-scored
+    --rescore-top share (1 %) again with the 8 D4 views; the `views` column says which rows got the average."""
     from .evaluate.predict import predict_catalog
     from .evaluate.shipped import shipped_for_inputs
     from .survey.sources import is_cube
+
+    if no_tta:
+        if tta not in (None, "none"):
+            raise InputError(f"--no-tta and --tta {tta}: give one of them (--no-tta is --tta none)")
+        tta = "none"
 
     if catalogue is not None or (len(inputs) == 1 and is_cube(inputs[0])):
         from .survey.engine import predict_survey
 
         result = predict_survey(inputs, out, catalogue=catalogue, bands=[b.strip() for b in bands.split(",")] if bands
                                 else None, run=run, task=task, preset=preset, batch_size=batch_size, tta=tta,
-                                chunk_rows=chunk_size, parts=parts, accelerator=accelerator, devices=devices,
+                                rescore_top=rescore_top, chunk_rows=chunk_size, parts=parts, accelerator=accelerator, devices=devices,
                                 num_nodes=num_nodes, strategy=strategy, precision=precision, num_workers=num_workers,
                                 prevalence=prevalence, edge=edge, pixel_scale_arcsec=pixel_scale,
                                 shard=_parse_shard(shard) if shard else None, top=top, progress=progress)
         if result.merged is not None:
-            typer.echo(f"{result.written} chunk(s) scored now, {result.done_before} before; catalogue written to "
-                       f"{result.merged.path} ({result.merged.rows} row(s))")
+            again = (f"; the top {result.rescored} re-scored with 8 views ({result.rescore_written} part(s) now)"
+                     if result.tta == "top" else "")
+            typer.echo(f"{result.written} chunk(s) scored now, {result.done_before} before{again}; catalogue written "
+                       f"to {result.merged.path} ({result.merged.rows} row(s))")
             if result.merged.rejected:
                 typer.secho(f"{result.merged.rejected} row(s) rejected, listed with the reason in "
                             f"{result.merged.rejected_path}", err=True, fg=typer.colors.YELLOW)
         elif shard is not None:
+            finish = ("the same command without --shard (it re-scores the top with 8 views and merges)"
+                      if result.tta == "top" else f"`lensfinder merge {result.parts} --out {out}`")
             typer.echo(f"shard {shard}: {result.written} chunk(s) scored now, {result.done_before} before, into "
-                       f"{result.parts}; `lensfinder merge {result.parts} --out {out}` once every shard has run")
+                       f"{result.parts}; run {finish} once every shard has run")
         return
 
     if run is None and task is not None:  # the shipped weights that take these files (or were trained on --preset)
         run = shipped_for_inputs(task, inputs, preset=preset)
-    catalogue = predict_catalog(inputs, out, run=run, task=task, batch_size=batch_size, tta=tta, device=device,
+    catalogue = predict_catalog(inputs, out, run=run, task=task, batch_size=batch_size, tta=tta,
+                                rescore_top=rescore_top, device=device,
                                 num_workers=num_workers, allow_pickle=allow_pickle,
                                 band_suffixes=[b.strip() for b in bands.split(",")] if bands else None,
                                 shard=_parse_shard(shard) if shard else None, progress=progress,

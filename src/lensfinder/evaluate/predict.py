@@ -18,7 +18,8 @@ from ..metrics import log_odds
 from ..train.module import LensModule
 from ..train.run import load_model, versions
 from ..validation import FITS_SUFFIXES, InputError, as_chw, check_channels, load_npy, split_band_name
-from .inference import pick_device, softmax
+from .inference import (DEFAULT_RESCORE_TOP, VIEWS, pick_device, rescore_count, scoring_module, softmax, top_indices,
+                        tta_plan, view_logits)
 from .shipped import WEIGHTS_DIR, shipped_run, shipped_weights  # noqa: F401  (moved; importable from here)
 
 NPY_SUFFIXES = (".npy",)
@@ -175,19 +176,20 @@ def _device(name: str) -> torch.device:
     return target
 
 
-def score_loader(module: LensModule, loader: DataLoader, *, tta: bool | None, device: str, progress: bool,
-                 prevalence: float | None, on_bad: str, ids: list[str]) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """(indices, float64 logits (N, K), skipped) over a loader of `CutoutDataset` batches; a bad cutout is
-    skipped with its reason, or, with ``on_bad="fail"``, stops the run with an `InputError`."""
+def score_loader(module: LensModule, loader: DataLoader, *, views: int = 1, device: str, progress: bool,
+                 prevalence: float | None, on_bad: str, ids: list[str],
+                 description: str = "scoring cutouts") -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """(indices, float64 logits (N, K), skipped) over a loader of `CutoutDataset` batches, each cutout scored with
+    `views` (1 or 8) D4 views; a bad cutout is skipped with its reason, or, with ``on_bad="fail"``, stops the run
+    with an `InputError`. `module` is one prepared by `inference.scoring_module` for `device`."""
     target = _device(device)
-    module = module.for_inference().to(target)
     indices: list[int] = []
     chunks, skipped = [], []
     batches = loader
     if progress:
         from rich.progress import track
 
-        batches = track(loader, description="scoring cutouts", total=len(loader), transient=True)
+        batches = track(loader, description=description, total=len(loader), transient=True)
     for batch_indices, images, bad in batches:
         for index, reason in bad:
             if on_bad == "fail":
@@ -196,7 +198,7 @@ def score_loader(module: LensModule, loader: DataLoader, *, tta: bool | None, de
             prefix = f"{ids[index]}: "
             skipped.append((ids[index], reason[len(prefix):] if reason.startswith(prefix) else reason))
         if images is not None:
-            chunks.append(module.predict_logits(images.to(target), tta=tta, prevalence=prevalence).cpu().numpy())
+            chunks.append(view_logits(module, images.to(target), views=views, prevalence=prevalence).cpu().numpy())
             indices += batch_indices
     logits = np.concatenate(chunks) if chunks else np.zeros((0, module.hparams.num_classes))
     return np.asarray(indices, dtype=np.int64), logits.astype(np.float64), skipped
@@ -214,14 +216,18 @@ def metadata_path_for(out: Path) -> Path:
 
 
 def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, task: str | None = None,
-                    batch_size: int = 512, tta: bool | None = None, device: str = "auto", num_workers: int = 0,
-                    allow_pickle: bool = False, band_suffixes: list[str] | None = None,
-                    shard: tuple[int, int] | None = None, progress: bool = False,
-                    prevalence: float | None = None, on_bad: str = "skip") -> Catalogue:
-    """Write `out` (CSV): rank, path, p_<class> for each class, score, predicted; one row per object, keyed by
-    its path (with `band_suffixes`, the object's name without the band suffix), ranked by `score`: the float64
+                    batch_size: int = 512, tta: bool | str | None = None, rescore_top: float = DEFAULT_RESCORE_TOP,
+                    device: str = "auto", num_workers: int = 0, allow_pickle: bool = False,
+                    band_suffixes: list[str] | None = None, shard: tuple[int, int] | None = None,
+                    progress: bool = False, prevalence: float | None = None, on_bad: str = "skip") -> Catalogue:
+    """Write `out` (CSV): rank, path, p_<class> for each class, score, predicted, views; one row per object, keyed
+    by its path (with `band_suffixes`, the object's name without the band suffix), ranked by `score`: the float64
     log-odds of the positive class (binary tasks, e.g. `lens`) or of the predicted class (multi-class), written
     at full precision. It never saturates where the probabilities round to 1, so ties are real ties.
+
+    `tta` chooses the D4 views (`inference.tta_plan`): "top" (the lens finders' default) scores every object with
+    one view and re-scores the best-scored `rescore_top` share (default 1 %) with the 8 views; "all" (True) gives
+    every object the 8, "none" (False) one; None follows the model. `views` says what each row got (1 or 8).
 
     A cutout that cannot be read or does not fit the model (shape, channels, NaN pixels) is left out and
     listed with the reason in `<out>.skipped.csv` (``on_bad="skip"``, the default), or stops the run
@@ -229,7 +235,7 @@ def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, t
 
     `shard=(k, n)` scores every n-th object starting at k (0-based), so n jobs on a cluster split a
     catalogue between them without coordination; sorting their rows together by `score` gives the order
-    of the whole run."""
+    of the whole run (each shard re-scores its own top share)."""
     out = Path(out)
     if not out.name.lower().endswith(OUTPUT_SUFFIXES):
         raise InputError(f"{out}: unsupported output type; expected one of {', '.join(OUTPUT_SUFFIXES)}")
@@ -239,6 +245,7 @@ def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, t
         raise InputError(f"--batch-size {batch_size} / --num-workers {num_workers}: expected a batch size >= 1 "
                          "and a number of workers >= 0")
     module = resolve_model(run=run, task=task)
+    mode, share = tta_plan(module.hparams, tta, rescore_top)
     if prevalence is not None and (module.hparams.num_classes != 2 or not module.hparams.get("calibration")):
         raise InputError("--prevalence needs a calibrated binary (lens-finding) model")
     if prevalence is not None and not 0 < prevalence < 1:
@@ -261,28 +268,45 @@ def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, t
             raise InputError(f"shard {index}/{count}: expected 0 <= K < N in --shard K/N")
         objects = objects[index::count]
     ids = [key for key, _ in objects]
-    dataset = CutoutDataset(objects, channels=module.hparams.in_channels, size=module.hparams.image_size, allow_pickle=allow_pickle)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
-    indices, logits, skipped = score_loader(module, loader, tta=tta, device=device, progress=progress,
+    hp = module.hparams
+    scorer = scoring_module(module, _device(device))
+
+    def loader(chosen):
+        dataset = CutoutDataset(chosen, channels=hp.in_channels, size=hp.image_size, allow_pickle=allow_pickle)
+        return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+
+    first_views = VIEWS if mode == "all" else 1
+    indices, logits, skipped = score_loader(scorer, loader(objects), views=first_views, device=device, progress=progress,
                                             prevalence=prevalence, on_bad=on_bad, ids=ids)
     if objects and not len(indices):
         first_id, first_reason = skipped[0]
         raise InputError(f"{first_id}: {first_reason}\n(every one of the {len(objects)} cutouts was refused; "
                          "this one is the first)")
-    class_names = list(module.hparams.class_names)
+    class_names = list(hp.class_names)
+    positive = 1 if len(class_names) == 2 else None
+    views = np.full(len(indices), first_views, dtype=np.int64)
+    if mode == "top":  # the second pass: the best-scored share again, with the 8 views
+        top = np.sort(top_indices(log_odds(logits, positive=positive), rescore_count(len(indices), share)))
+        chosen = [objects[indices[i]] for i in top]
+        again, again_logits, _ = score_loader(scorer, loader(chosen), views=VIEWS, device=device, progress=progress,
+                                              prevalence=prevalence, on_bad="skip", ids=[k for k, _ in chosen],
+                                              description=f"re-scoring the top {len(top)} with {VIEWS} views")
+        logits[top[again]] = again_logits  # a cutout that no longer reads keeps its one-view score
+        views[top[again]] = VIEWS
     probs = softmax(logits)
-    scores = log_odds(logits, positive=1 if len(class_names) == 2 else None)
-    order = np.argsort(-scores, kind="stable")
+    scores = log_odds(logits, positive=positive)
+    order = np.lexsort((np.arange(len(scores)), -scores))
     with atomic_write(out, newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["rank", "path", *[f"p_{c}" for c in class_names], "score", "predicted"])
+        writer.writerow(["rank", "path", *[f"p_{c}" for c in class_names], "score", "predicted", "views"])
         for rank, i in enumerate(order, start=1):
             writer.writerow([rank, ids[indices[i]], *[f"{v:.6g}" for v in probs[i]], repr(float(scores[i])),
-                             class_names[int(logits[i].argmax())]])
+                             class_names[int(logits[i].argmax())], int(views[i])])
     write_text_atomic(metadata_path_for(out), json.dumps(
-        {**versions(), "model": str(run) if run is not None else f"shipped ({task})", "task": module.hparams.task,
-         "preset": module.hparams.get("preset"), "tta": bool(module.hparams.tta if tta is None else tta),
-         "prevalence": prevalence, "scored": int(len(indices)), "skipped": len(skipped)}, indent=1))
+        {**versions(), "model": str(run) if run is not None else f"shipped ({task})", "task": hp.task,
+         "preset": hp.get("preset"), "tta": mode, "rescore_top": share if mode == "top" else None,
+         "rescored": int((views == VIEWS).sum()) if mode == "top" else 0, "prevalence": prevalence,
+         "scored": int(len(indices)), "skipped": len(skipped)}, indent=1))
     listing = skipped_path_for(out)
     if skipped:
         with atomic_write(listing, newline="") as handle:

@@ -1,7 +1,12 @@
 """`predict_survey`: score a cube or tiles + catalogue with Lightning's `Trainer.predict` on 1..N processes (the
 training flags: --accelerator, --devices, --num-nodes, --strategy). The rows are cut into fixed chunks; each rank
 writes one Parquet part per chunk, atomically, through a prediction writer, so a killed run started again with the
-same command scores only the chunks whose part is missing. The parts are then merged into the ranked catalogue."""
+same command scores only the chunks whose part is missing. The parts are then merged into the ranked catalogue.
+
+Two passes by default for lens finding (``tta="top"``): the first scores every row with one view; once every
+first-pass part is written, rank 0 chooses the best-scored share (`select_rescore`: rescore.parquet, written once),
+and the ranks re-score those rows with the 8 D4 views into rescore-NNNNNN.parquet parts (each 1/8 of a chunk's rows,
+so a part costs what a first-pass part does), resumable like the first; the merge takes those rows from them."""
 
 from __future__ import annotations
 
@@ -20,24 +25,21 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.layouts import atomic_path, write_text_atomic
-from ..evaluate.inference import softmax
+from ..evaluate.inference import DEFAULT_RESCORE_TOP, VIEWS, rescore_count, scoring_module, softmax, tta_plan, view_logits
 from ..evaluate.shipped import shipped_weights
 from ..metrics import log_odds
 from ..train.run import load_model
 from ..validation import InputError
-from .merge import CATALOGUE_SUFFIXES, MergeResult, merge_parts
+from .merge import (CATALOGUE_SUFFIXES, RESCORE_SELECTION, MergeResult, merge_parts, part_name, ranked_blocks,
+                    read_selection, rescore_name, scored_rows)
 from .sources import CubeSource, TileSource, check_pixel_scale, group_tiles, is_cube, write_cube
 
 # The writer gets each batch's rows from the batch itself, not from Lightning's sampler indices.
 warnings.filterwarnings("ignore", message=r".*Couldn't infer the batch indices")
 
 MANIFEST = "manifest.json"
-PARTS_FORMAT = "lensfinder-survey-parts-v1"
+PARTS_FORMAT = "lensfinder-survey-parts-v2"  # v2: the views column and the two-pass (rescore) parts
 DEFAULT_CHUNK_ROWS = 65536  # rows per Parquet part: the unit of resumption (10^8 objects -> ~1,500 parts)
-
-
-def part_name(chunk: int) -> str:
-    return f"part-{chunk:06d}.parquet"
 
 
 def parts_dir_for(out: Path) -> Path:
@@ -98,26 +100,47 @@ def expected_pixel_scale(hparams, pixel_scale_arcsec: float | None) -> tuple[flo
     return float(load_preset(preset)["pixel_scale_arcsec"]), f"the model (trained on preset {preset})"
 
 
-class ChunkBatches(Dataset):
-    """The batches of the chunks one rank scores: item i reads rows [start, stop) of one chunk from the source."""
+@dataclass(frozen=True)
+class Job:
+    """One part to write: `name` (part-NNNNNN or rescore-NNNNNN) holding source rows `rows` (a range of a first-pass
+    chunk, or the sorted rows a second pass re-scores), scored with `views` D4 views."""
 
-    def __init__(self, source, chunks: list[int], *, chunk_rows: int, batch_size: int):
+    name: str
+    rows: range | np.ndarray
+    views: int
+
+
+def first_pass_jobs(n_rows: int, chunk_rows: int, views: int) -> list[Job]:
+    return [Job(part_name(c), range(c * chunk_rows, min((c + 1) * chunk_rows, n_rows)), views)
+            for c in range(-(-n_rows // chunk_rows))]
+
+
+def rescore_jobs(rows: np.ndarray, per_part: int) -> list[Job]:
+    return [Job(rescore_name(c), rows[c * per_part:(c + 1) * per_part], VIEWS) for c in range(-(-len(rows) // per_part))]
+
+
+class JobBatches(Dataset):
+    """The batches of the jobs one rank runs: item i reads one batch of rows of one job from the source (a row range
+    as one read; a second pass's scattered rows through `read_rows`)."""
+
+    def __init__(self, source, jobs: list[Job], *, batch_size: int):
         self.source = source
         self.items = []
-        for chunk in chunks:
-            begin, end = chunk * chunk_rows, min((chunk + 1) * chunk_rows, source.n)
-            starts = list(range(begin, end, batch_size))
-            self.items += [(chunk, s, min(s + batch_size, end), s == starts[-1]) for s in starts]
+        for job in jobs:
+            starts = list(range(0, len(job.rows), batch_size))
+            self.items += [(job, s, min(s + batch_size, len(job.rows)), s == starts[-1]) for s in starts]
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
-        chunk, start, stop, last = self.items[index]
-        block = self.source.read(start, stop)
+        job, start, stop, last = self.items[index]
+        rows = job.rows[start:stop]
+        block = self.source.read(rows.start, rows.stop) if isinstance(rows, range) else self.source.read_rows(rows)
         good = np.array([not r for r in block.reasons], bool)
-        return {"chunk": chunk, "last": last, "start": start, "good": good,
-                "images": torch.from_numpy(np.ascontiguousarray(block.images[good])), "block": block}
+        images = block.images if good.all() else block.images[good]
+        return {"name": job.name, "views": job.views, "last": last, "good": good,
+                "images": torch.from_numpy(np.ascontiguousarray(images)), "block": block}
 
 
 def _as_is(item: dict) -> dict:
@@ -125,104 +148,115 @@ def _as_is(item: dict) -> dict:
 
 
 class SurveyData(L.LightningDataModule):
-    """Shares the missing chunks between the ranks: rank r scores every world_size-th of them from r. Rank 0's
-    list is broadcast, so every rank agrees even while another is already writing parts."""
+    """Shares the missing jobs (parts not written yet) between the ranks: rank r runs every world_size-th of them
+    from r. Rank 0's list is broadcast, so every rank agrees even while another is already writing parts."""
 
-    def __init__(self, source, parts: Path, *, n_chunks: int, chunk_rows: int, batch_size: int, num_workers: int,
-                 shard: tuple[int, int] | None):
+    def __init__(self, source, parts: Path, jobs: list[Job], *, batch_size: int, num_workers: int):
         super().__init__()
-        self.source, self.parts, self.n_chunks, self.chunk_rows = source, parts, n_chunks, chunk_rows
-        self.batch_size, self.num_workers, self.shard = batch_size, num_workers, shard
-        self.mine: list[int] = []
+        self.source, self.parts, self.jobs = source, parts, jobs
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.mine: list[Job] = []
 
     def setup(self, stage: str) -> None:
-        missing = self.trainer.strategy.broadcast(missing_chunks(self.parts, self.n_chunks, self.shard), src=0)
+        missing = self.trainer.strategy.broadcast(missing_jobs(self.parts, self.jobs), src=0)
         self.mine = missing[self.trainer.global_rank::self.trainer.world_size]
 
     def predict_dataloader(self) -> DataLoader:
-        dataset = ChunkBatches(self.source, self.mine, chunk_rows=self.chunk_rows, batch_size=self.batch_size)
-        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is)
+        dataset = JobBatches(self.source, self.mine, batch_size=self.batch_size)
+        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
+                          prefetch_factor=4 if self.num_workers else None, persistent_workers=False)
 
 
 class Scorer(L.LightningModule):
-    """Calibrated float64 log-space class scores (`LensModule.predict_logits`) of the cutouts of a batch that read."""
+    """Calibrated float64 log-space class scores (`inference.view_logits`, with the batch's 1 or 8 D4 views) of the
+    cutouts of a batch that read."""
 
-    def __init__(self, module, *, tta: bool | None, prevalence: float | None):
+    def __init__(self, module, *, prevalence: float | None):
         super().__init__()
-        self.lens = module.for_inference()
-        self.tta, self.prevalence = tta, prevalence
+        self.lens = scoring_module(module)
+        self.prevalence = prevalence
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         images = batch["images"]
         if not len(images):
             return torch.zeros((0, self.lens.hparams.num_classes), dtype=torch.float64)
-        return self.lens.predict_logits(images, tta=self.tta, prevalence=self.prevalence).cpu()
+        images = images.to(self.device, non_blocking=True)
+        return view_logits(self.lens, images, views=batch["views"], prevalence=self.prevalence).cpu()
 
 
 class PartWriter(BasePredictionWriter):
-    """Collects one chunk's rows and, at its last batch, writes part-NNNNNN.parquet atomically: the scored rows
-    sorted by score (descending, float64), then the rejected rows with their reason and a null score."""
+    """Collects one job's rows and, at its last batch, writes its part atomically: the scored rows sorted by score
+    (descending, float64), then the rejected rows with their reason and a null score."""
 
-    def __init__(self, parts: Path, *, class_names: list[str], tta: bool, model: str, version: str):
+    def __init__(self, parts: Path, *, class_names: list[str], model: str, version: str):
         super().__init__(write_interval="batch")
-        self.parts, self.class_names, self.tta, self.model, self.version = parts, class_names, tta, model, version
+        self.parts, self.class_names, self.model, self.version = parts, class_names, model, version
         self.pending: list[tuple[dict, np.ndarray]] = []
-        self.written = 0
+        self.written: dict[str, int] = {"part": 0, "rescore": 0}
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        batch["block"].images = batch["images"] = None  # a chunk keeps its rows' metadata and scores, never pixels
+        batch["block"].images = batch["images"] = None  # a job keeps its rows' metadata and scores, never pixels
         self.pending.append((batch, prediction.double().cpu().numpy()))
         if batch["last"]:
-            write_part(self.parts / part_name(batch["chunk"]), self.pending, class_names=self.class_names,
-                       tta=self.tta, model=self.model, version=self.version)
+            write_part(self.parts / batch["name"], self.pending, class_names=self.class_names, views=batch["views"],
+                       model=self.model, version=self.version)
             self.pending = []
-            self.written += 1
+            self.written[batch["name"].split("-")[0]] += 1
 
 
-def write_part(path: Path, batches: list[tuple[dict, np.ndarray]], *, class_names: list[str], tta: bool, model: str,
+def write_part(path: Path, batches: list[tuple[dict, np.ndarray]], *, class_names: list[str], views: int, model: str,
                version: str) -> None:
     columns: dict[str, list] = {k: [] for k in ("row", "id", "ra", "dec", "edge", "padded_fraction", "reason")}
     logits = []
+    k = len(class_names)
     for batch, batch_logits in batches:
         block, good = batch["block"], batch["good"]
         order = np.r_[np.flatnonzero(good), np.flatnonzero(~good)]  # the scored rows first, as the logits are
-        columns["row"].append(block.start + order)
+        columns["row"].append(block.row_numbers()[order])
         for name in ("ra", "dec", "edge", "padded_fraction"):
             columns[name].append(getattr(block, name)[order])
         columns["id"].append(block.ids[order])
         columns["reason"].append(np.array([block.reasons[i] or None for i in order], dtype=object))
-        logits.append(np.concatenate([batch_logits, np.full((int((~good).sum()), len(class_names)), np.nan)]))
-    merged = {k: np.concatenate(v) for k, v in columns.items()}
-    logits = np.concatenate(logits) if logits else np.zeros((0, len(class_names)))
+        logits.append(np.concatenate([batch_logits, np.full((int((~good).sum()), k), np.nan)]))
+    merged = {name: np.concatenate(v) for name, v in columns.items()}
+    logits = np.concatenate(logits) if logits else np.zeros((0, k))
     scored = np.isfinite(logits[:, 0])
-    score = np.full(len(logits), np.nan)
+    n = len(logits)
+    score = np.full(n, np.nan)
     probs = np.full(logits.shape, np.nan)
     if scored.any():
-        score[scored] = log_odds(logits[scored], positive=1 if len(class_names) == 2 else None)
+        score[scored] = log_odds(logits[scored], positive=1 if k == 2 else None)
         probs[scored] = softmax(logits[scored])
-    predicted = np.array([class_names[int(k)] if ok else None for k, ok in zip(logits.argmax(1), scored)], dtype=object)
     order = np.r_[np.flatnonzero(scored)[np.lexsort((merged["row"][scored], -score[scored]))], np.flatnonzero(~scored)]
+    unscored = ~scored[order]
+    predicted = np.where(scored, np.nan_to_num(logits, nan=-np.inf).argmax(1), -1)[order]
     table = pa.table({
         "row": pa.array(merged["row"][order], pa.int64()),
         "id": pa.array(merged["id"][order].astype(str), pa.string()),
         "ra": pa.array(merged["ra"][order], pa.float64()),
         "dec": pa.array(merged["dec"][order], pa.float64()),
-        "score": pa.array(score[order], pa.float64(), mask=~scored[order]),
-        **{f"p_{c}": pa.array(probs[order, k], pa.float64(), mask=~scored[order]) for k, c in enumerate(class_names)},
-        "predicted": pa.array(predicted[order], pa.string()),
+        "score": pa.array(score[order], pa.float64(), mask=unscored),
+        **{f"p_{c}": pa.array(probs[order, j], pa.float64(), mask=unscored) for j, c in enumerate(class_names)},
+        "predicted": pa.array(np.array(class_names, dtype=object)[np.maximum(predicted, 0)], pa.string(), mask=unscored),
         "edge": pa.array(merged["edge"][order], pa.bool_()),
         "padded_fraction": pa.array(merged["padded_fraction"][order], pa.float32()),
-        "tta": pa.array(np.full(len(order), bool(tta)), pa.bool_()),
-        "model": pa.array([model] * len(order), pa.string()).dictionary_encode(),
-        "model_version": pa.array([version] * len(order), pa.string()).dictionary_encode(),
+        "views": pa.array(np.full(n, views, np.int8), pa.int8()),
+        "model": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([model])),
+        "model_version": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([version])),
         "reason": pa.array(merged["reason"][order], pa.string()),
     })
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
 
+def missing_jobs(parts: Path, jobs: list[Job]) -> list[Job]:
+    """The jobs whose part is not written yet."""
+    done = {p.name for p in Path(parts).glob("*.parquet")}
+    return [job for job in jobs if job.name not in done]
+
+
 def missing_chunks(parts: Path, n_chunks: int, shard: tuple[int, int] | None = None) -> list[int]:
-    """The chunks (of this shard) whose part is not written yet."""
+    """The first-pass chunks (of this shard) whose part is not written yet."""
     done = {p.name for p in Path(parts).glob("part-*.parquet")}
     chunks = range(n_chunks) if shard is None else range(shard[0], n_chunks, shard[1])
     return [c for c in chunks if part_name(c) not in done]
@@ -246,16 +280,52 @@ def check_manifest(parts: Path, manifest: dict, *, write: bool) -> None:
         write_text_atomic(path, json.dumps(manifest, indent=1))
 
 
+def select_rescore(parts: Path, n_chunks: int, share: float, chunk_rows: int) -> tuple[np.ndarray, dict]:
+    """Choose the rows of a two-pass run's second pass once the first pass is complete: the rescore_count(scored,
+    share) best-scored rows over all parts (score descending, ties by row, as the catalogue ranks), written sorted by
+    row to <parts>/rescore.parquet, atomically, with the record of the choice; memory holds those rows only. An
+    existing selection (a resumed second pass) is read back, not chosen again."""
+    found = read_selection(parts)
+    if found is not None:
+        return found
+    paths = [Path(parts) / part_name(c) for c in range(n_chunks)]
+    scored = sum(scored_rows(p) for p in paths)
+    k = rescore_count(scored, share)
+    rows, scores, taken = [], [], 0
+    if k:
+        for block in ranked_blocks(paths, columns=["row", "score"]):
+            block = block.slice(0, k - taken)
+            rows.append(block.column("row").to_numpy())
+            scores.append(block.column("score").to_numpy())
+            taken += block.num_rows
+            if taken >= k:
+                break
+    rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    scores = np.concatenate(scores) if scores else np.zeros(0)
+    order = np.argsort(rows, kind="stable")
+    record = {"share": share, "scored": int(scored), "k": int(k), "rows_per_part": max(1, chunk_rows // VIEWS),
+              "views": VIEWS}
+    table = pa.table({"row": pa.array(rows[order], pa.int64()), "score": pa.array(scores[order], pa.float64())})
+    table = table.replace_schema_metadata({"lensfinder": json.dumps(record)})
+    with atomic_path(Path(parts) / RESCORE_SELECTION) as tmp:
+        pq.write_table(table, tmp)
+    return rows[order], record
+
+
 @dataclass(frozen=True)
 class SurveyRun:
-    """What `predict_survey` did: the parts folder, the chunks written now and before, and the merged catalogue
-    (None while chunks are missing, e.g. with --shard)."""
+    """What `predict_survey` did: the parts folder, the first-pass chunks (all, or this shard's) and how many were
+    written before and now, the rows the second pass re-scores and its parts written now, and the merged catalogue
+    (None while parts are missing, e.g. with --shard)."""
 
     parts: Path
     chunks: int
     done_before: int
     written: int
     merged: MergeResult | None
+    tta: str = "none"
+    rescored: int = 0
+    rescore_written: int = 0
 
 
 def _trainer(*, accelerator: str, devices: str | int, num_nodes: int, strategy: str, precision: str, callbacks: list,
@@ -268,15 +338,20 @@ def _trainer(*, accelerator: str, devices: str | int, num_nodes: int, strategy: 
 
 def predict_survey(inputs: list[Path], out: Path, *, catalogue: Path | None = None, bands: list[str] | None = None,
                    run: Path | None = None, task: str | None = None, preset: str | None = None, batch_size: int = 512,
-                   tta: bool | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, parts: Path | None = None,
+                   tta: bool | str | None = None, rescore_top: float = DEFAULT_RESCORE_TOP,
+                   chunk_rows: int = DEFAULT_CHUNK_ROWS, parts: Path | None = None,
                    accelerator: str = "auto", devices: str | int = "auto", num_nodes: int = 1, strategy: str = "auto",
                    precision: str = "32-true", num_workers: int = 0, prevalence: float | None = None,
                    edge: str = "pad", pixel_scale_arcsec: float | None = None, shard: tuple[int, int] | None = None,
                    top: int | None = None, progress: bool = False) -> SurveyRun:
     """Score a cube (`inputs` = one .h5/.hdf5/.zarr) or per-band FITS tiles with `catalogue`, writing Parquet parts
-    into `parts` (default <out>.parts/) and, once every chunk is scored, the ranked catalogue `out` (.parquet, .csv
+    into `parts` (default <out>.parts/) and, once every part is written, the ranked catalogue `out` (.parquet, .csv
     or .fits) with its rejected rows beside it (`merge.rejected_path_for`). Running the same call again after a
-    crash scores only the missing chunks; `shard=(k, n)` scores only the chunks k, k+n, ... (one job of n)."""
+    crash scores only the missing parts; `shard=(k, n)` scores only the chunks k, k+n, ... (one job of n).
+
+    `tta` (`inference.tta_plan`): "top", the lens finders' default, scores every row with one view, then re-scores
+    the `rescore_top` share of the best-scored rows (default 1 %) with the 8 D4 views, as resumable rescore parts;
+    "all" (True) gives every row the 8 views, "none" (False) one. The catalogue's `views` column says which."""
     out = Path(out)
     if not str(out).lower().endswith(CATALOGUE_SUFFIXES):
         raise InputError(f"{out}: unsupported catalogue type; expected one of {', '.join(CATALOGUE_SUFFIXES)}")
@@ -298,6 +373,7 @@ def predict_survey(inputs: list[Path], out: Path, *, catalogue: Path | None = No
                          f"trained for {task}")
     if prevalence is not None and (hp.num_classes != 2 or not hp.get("calibration")):
         raise InputError("--prevalence needs a calibrated binary (lens-finding) model")
+    mode, share = tta_plan(hp, tta, rescore_top)
     scale, expected_by = expected_pixel_scale(hp, pixel_scale_arcsec)
     source = open_source(inputs, catalogue=catalogue, bands=bands, size=hp.image_size, edge=edge,
                          pixel_scale_arcsec=scale, expected_by=expected_by)
@@ -305,29 +381,43 @@ def predict_survey(inputs: list[Path], out: Path, *, catalogue: Path | None = No
         raise InputError(f"{inputs[0]}: cutouts of {source.channels} x {source.size} x {source.size}, but the model "
                          f"({weights}) takes {hp.in_channels} x {hp.image_size} x {hp.image_size}; pass a model for "
                          "these cutouts, or cut them to its size and bands")
-    use_tta = bool(hp.tta if tta is None else tta)
     parts = Path(parts) if parts is not None else parts_dir_for(out)
     n_chunks = -(-source.n // chunk_rows)
     version = _sha256(weights)[:16]
     manifest = {"format": PARTS_FORMAT, "source": source.description, "model": hp.model_name, "model_version": version,
-                "class_names": list(hp.class_names), "tta": use_tta, "prevalence": prevalence,
-                "chunk_rows": chunk_rows, "rows": source.n, "chunks": n_chunks}
-    writer = PartWriter(parts, class_names=list(hp.class_names), tta=use_tta, model=hp.model_name, version=version)
+                "class_names": list(hp.class_names), "tta": mode, "rescore_top": share if mode == "top" else None,
+                "prevalence": prevalence, "chunk_rows": chunk_rows, "rows": source.n, "chunks": n_chunks}
+    writer = PartWriter(parts, class_names=list(hp.class_names), model=hp.model_name, version=version)
     trainer = _trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                        precision=precision, callbacks=[writer], progress=progress)
     chief = trainer.is_global_zero
     check_manifest(parts, manifest, write=chief)
-    missing = missing_chunks(parts, n_chunks, shard)
-    share = len(range(n_chunks)) if shard is None else len(range(shard[0], n_chunks, shard[1]))
+    scorer = Scorer(module, prevalence=prevalence)
+    jobs = first_pass_jobs(source.n, chunk_rows, VIEWS if mode == "all" else 1)
+    mine = jobs if shard is None else jobs[shard[0]::shard[1]]
+    missing = missing_jobs(parts, mine)
     if missing:
-        data = SurveyData(source, parts, n_chunks=n_chunks, chunk_rows=chunk_rows, batch_size=batch_size,
-                          num_workers=num_workers, shard=shard)
-        trainer.predict(Scorer(module, tta=use_tta, prevalence=prevalence), datamodule=data, return_predictions=False)
+        data = SurveyData(source, parts, mine, batch_size=batch_size, num_workers=num_workers)
+        trainer.predict(scorer, datamodule=data, return_predictions=False)
         trainer.strategy.barrier()
-    merged = None
-    if chief and not missing_chunks(parts, n_chunks):
+    rescored, merged = 0, None
+    if shard is None and mode == "top":  # the second pass, once every first-pass part is written
+        if chief:
+            select_rescore(parts, n_chunks, share, chunk_rows)
+        trainer.strategy.barrier()
+        rows, record = read_selection(parts)
+        rescored = len(rows)
+        second = rescore_jobs(rows, int(record["rows_per_part"]))
+        if missing_jobs(parts, second):
+            data = SurveyData(source, parts, second, batch_size=batch_size, num_workers=num_workers)
+            trainer.predict(scorer, datamodule=data, return_predictions=False)
+            trainer.strategy.barrier()
+    if chief and shard is None:
         merged = merge_parts(parts, out, top=top)
-    return SurveyRun(parts, n_chunks if shard is None else share, share - len(missing), writer.written, merged)
+    elif chief and not missing_chunks(parts, n_chunks) and mode != "top":
+        merged = merge_parts(parts, out, top=top)
+    return SurveyRun(parts, len(mine), len(mine) - len(missing), writer.written["part"], merged, mode, rescored,
+                     writer.written["rescore"])
 
 
 @dataclass(frozen=True)

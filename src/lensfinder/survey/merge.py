@@ -1,6 +1,11 @@
 """`merge_parts`: the Parquet parts of a survey run in, the catalogue ranked by float64 score out (Parquet, CSV or a
 FITS table; optionally only the top K), plus the rejected rows with their reasons beside it.
 
+Two-pass runs (``tta: top`` in the manifest) also hold `rescore.parquet`, the rows of the best-scored share that the
+second pass re-scored with the 8 D4 views, and their rescore-NNNNNN.parquet parts: those rows are taken from the
+rescore parts (``views`` = 8) instead of the first-pass parts (``views`` = 1); a row whose second read failed keeps
+its first-pass score.
+
 Memory stays flat in the number of objects: every part is already sorted by score (descending), so the parts are
 merged k ways, block by block. Each part is read in batches; all buffered rows scoring at least the largest of the
 buffers' last (smallest) scores can be emitted, because no row still unread in any part scores above it. Each such
@@ -12,6 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +29,31 @@ from ..validation import InputError
 CATALOGUE_SUFFIXES = (".parquet", ".csv", ".fits")
 MERGE_MEMORY_ROWS = 1 << 22  # rows buffered over all parts together while merging (~0.5 GB at most)
 REJECTED_COLUMNS = ("row", "id", "ra", "dec", "reason")
+RESCORE_SELECTION = "rescore.parquet"  # the rows the second pass re-scores (row, first-pass score), sorted by row
+
+
+def part_name(chunk: int) -> str:
+    return f"part-{chunk:06d}.parquet"
+
+
+def rescore_name(chunk: int) -> str:
+    return f"rescore-{chunk:06d}.parquet"
+
+
+def read_selection(parts: Path) -> tuple[np.ndarray, dict] | None:
+    """The rows of a two-pass run's re-scored share (sorted) and the selection's record (share, scored, k,
+    rows_per_part), or None before the first pass has chosen them."""
+    path = Path(parts) / RESCORE_SELECTION
+    if not path.is_file():
+        return None
+    table = pq.read_table(path)
+    record = json.loads((table.schema.metadata or {}).get(b"lensfinder", b"{}"))
+    return table.column("row").to_numpy(), record
+
+
+def rescore_paths(parts: Path, record: dict) -> list[Path]:
+    per_part = int(record["rows_per_part"])
+    return [Path(parts) / rescore_name(c) for c in range(-(-int(record["k"]) // per_part))]
 
 
 def rejected_path_for(out: Path) -> Path:
@@ -49,16 +80,24 @@ def _plain(table: pa.Table) -> pa.Table:
 
 
 class _Part:
-    """One part read in batches of its scored rows (they come first, sorted by score, descending)."""
+    """One part read in batches of its scored rows (they come first, sorted by score, descending), less the rows
+    in `exclude` (sorted; the rows a second pass re-scored)."""
 
-    def __init__(self, path: Path, batch_rows: int):
-        self.batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+    def __init__(self, path: Path, batch_rows: int, *, columns: list[str] | None = None,
+                 exclude: np.ndarray | None = None):
+        self.batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
         self.table, self.scores = None, np.zeros(0)
+        self.exclude = exclude if exclude is not None and len(exclude) else None
 
     def refill(self) -> bool:
         for batch in self.batches:
             table = pa.Table.from_batches([batch])
-            table = _plain(table.filter(pc.is_valid(table.column("score"))))
+            keep = table.column("score").is_valid().to_numpy(zero_copy_only=False)
+            if self.exclude is not None:
+                rows = table.column("row").to_numpy()
+                at = np.minimum(np.searchsorted(self.exclude, rows), len(self.exclude) - 1)
+                keep &= self.exclude[at] != rows
+            table = _plain(table.filter(pa.array(keep)))
             if table.num_rows:
                 self.table, self.scores = table, table.column("score").to_numpy()
                 return True
@@ -145,11 +184,66 @@ def _scored_counts(paths: list[Path]) -> tuple[int, dict[str, int]]:
     return total, widths
 
 
+def scored_rows(path: Path) -> int:
+    """The rows of a part with a score, from its metadata (null counts) when written, else from its score column."""
+    meta = pq.ParquetFile(path).metadata
+    index = meta.schema.to_arrow_schema().get_field_index("score")
+    total = 0
+    for group in range(meta.num_row_groups):
+        column = meta.row_group(group).column(index)
+        stats = column.statistics
+        if stats is None or not stats.has_null_count:
+            column = pq.read_table(path, columns=["score"]).column("score")
+            return len(column) - column.null_count
+        total += meta.row_group(group).num_rows - stats.null_count
+    return total
+
+
+def ranked_blocks(paths: list[Path], *, columns: list[str] | None = None, exclude: np.ndarray | None = None,
+                  replacements: list[Path] = (), memory_rows: int = MERGE_MEMORY_ROWS) -> Iterator[pa.Table]:
+    """The scored rows of `paths` (parts sorted by score, descending) less the rows in `exclude`, and those of
+    `replacements` (the rescore parts, whose rows `exclude` lists), in blocks in rank order: score descending, ties
+    by row. Memory: `memory_rows` rows over all parts together."""
+    batch_rows = max(256, memory_rows // max(len(paths) + len(replacements), 1))
+    buffers = [_Part(p, batch_rows, columns=columns, exclude=exclude) for p in paths]
+    buffers += [_Part(p, batch_rows, columns=columns) for p in replacements]
+    active = [b for b in buffers if b.refill()]
+    while active:
+        threshold = max(b.scores[-1] for b in active)  # no unread row of any part scores above it
+        block = pa.concat_tables([b.take_at_least(threshold) for b in active])
+        order = np.lexsort((block.column("row").to_numpy(), -block.column("score").to_numpy()))
+        yield block.take(pa.array(order))
+        active = [b for b in active if len(b.scores) or b.refill()]
+
+
+def _streams(parts: Path, manifest: dict) -> tuple[list[Path], list[Path], np.ndarray | None]:
+    """The first-pass parts, the rescore parts, and the rows those re-scored (to leave out of the first)."""
+    paths = [parts / part_name(chunk) for chunk in range(manifest["chunks"])]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(f"{parts}: {len(missing)} of {len(paths)} chunk(s) are not scored yet (first: {missing[0]}); "
+                         "run the same `lensfinder predict` command again (it scores only the missing chunks), or the "
+                         "--shard jobs that have not finished, then merge")
+    if manifest.get("tta") != "top":
+        return paths, [], None
+    selection = read_selection(parts)
+    rescored = rescore_paths(parts, selection[1]) if selection is not None else []
+    if selection is None or not all(p.is_file() for p in rescored):
+        share = manifest.get("rescore_top")
+        raise InputError(f"{parts}: the best-scored {share:.4g} share is not re-scored with the 8 D4 views yet; run the "
+                         "same `lensfinder predict` command again without --shard (it re-scores them, resuming where it "
+                         "stopped, and merges)")
+    exclude = [pq.read_table(p, columns=["row", "score"]) for p in rescored]
+    rows = [t.filter(pc.is_valid(t.column("score"))).column("row").to_numpy() for t in exclude]
+    return paths, rescored, np.sort(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+
+
 def merge_parts(parts: Path, out: Path, *, top: int | None = None, memory_rows: int = MERGE_MEMORY_ROWS) -> MergeResult:
     """Write `out` (.parquet, .csv or .fits): the scored rows of every part in `parts`, ranked by score (float64,
     descending; rank 1 first), keyed by id; `top`: only the first `top` rows. The rows that could not be scored go
     to `rejected_path_for(out)` (row, id, ra, dec, reason), in the same format. Every chunk of the run must be
-    scored: a missing part is an `InputError` that says how to finish the run."""
+    scored (and, in a two-pass run, every re-scored one): a missing part is an `InputError` that says how to finish
+    the run."""
     parts, out = Path(parts), Path(out)
     if out.suffix.lower() not in CATALOGUE_SUFFIXES:
         raise InputError(f"{out}: unsupported catalogue type; expected one of {', '.join(CATALOGUE_SUFFIXES)}")
@@ -159,23 +253,16 @@ def merge_parts(parts: Path, out: Path, *, top: int | None = None, memory_rows: 
     if not manifest_path.is_file():
         raise InputError(f"{parts}: no manifest.json; expected the parts folder of a `lensfinder predict` survey run")
     manifest = json.loads(manifest_path.read_text())
-    paths = [parts / f"part-{chunk:06d}.parquet" for chunk in range(manifest["chunks"])]
-    missing = [p.name for p in paths if not p.is_file()]
-    if missing:
-        raise InputError(f"{parts}: {len(missing)} of {len(paths)} chunk(s) are not scored yet (first: {missing[0]}); "
-                         "run the same `lensfinder predict` command again (it scores only the missing chunks), or the "
-                         "--shard jobs that have not finished, then merge")
-    total, widths = _scored_counts(paths) if out.suffix.lower() == ".fits" else (0, {})
+    paths, rescored, exclude = _streams(parts, manifest)
+    if out.suffix.lower() == ".fits":
+        total, widths = _scored_counts(paths)  # re-scored rows replace first-pass rows one for one
+        widths = {k: max(v, _scored_counts(rescored)[1].get(k, 1)) for k, v in widths.items()} if rescored else widths
+    else:
+        total, widths = 0, {}
     n_out = min(total, top) if top is not None else total
-    buffers = [_Part(p, max(256, memory_rows // max(len(paths), 1))) for p in paths]
-    active = [b for b in buffers if b.refill()]
     schema, writer, written, tmp = None, None, 0, _tmp(out)
     try:
-        while active and (top is None or written < top):
-            threshold = max(b.scores[-1] for b in active)  # no unread row of any part scores above it
-            block = pa.concat_tables([b.take_at_least(threshold) for b in active])
-            order = np.lexsort((block.column("row").to_numpy(), -block.column("score").to_numpy()))
-            block = block.take(pa.array(order))
+        for block in ranked_blocks(paths, exclude=exclude, replacements=rescored, memory_rows=memory_rows):
             if top is not None:
                 block = block.slice(0, top - written)
             ranks = pa.array(np.arange(written + 1, written + 1 + block.num_rows), pa.int64())
@@ -188,7 +275,8 @@ def merge_parts(parts: Path, out: Path, *, top: int | None = None, memory_rows: 
                 writer = _writer(tmp, schema, n_out, widths)
             writer.write_table(block)
             written += block.num_rows
-            active = [b for b in active if len(b.scores) or b.refill()]
+            if top is not None and written >= top:
+                break
         if writer is None:
             raise InputError(f"{parts}: no row could be scored; see why in the parts' reason column (or the rejected "
                              "table)")

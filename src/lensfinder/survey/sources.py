@@ -1,6 +1,7 @@
 """Where survey cutouts come from, read by row range: HDF5/Zarr cubes (N, C, H, W) with an id table, or per-band FITS
 tiles with a TAN (any celestial) WCS plus a catalogue of id, ra, dec (FITS table, CSV or Parquet), cut on the fly.
-Each `read(start, stop)` gives a `Block`: the images of those rows and, per row, why it cannot be scored ("" if it can)."""
+Each `read(start, stop)` (or `read_rows(rows)`, for a few rows spread over the source) gives a `Block`: the images of
+those rows and, per row, why it cannot be scored ("" if it can)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def is_cube(path: Path | str) -> bool:
 class Block:
     """Rows [start, stop) of a source: float32 images (n, C, H, W) (zeros where a row could not be cut), the id, ra
     and dec of each row (NaN when the source has none), whether its cutout was padded at a tile edge (and which
-    share of its pixels), and the reason it cannot be scored ("" when it can)."""
+    share of its pixels), and the reason it cannot be scored ("" when it can). `rows`: the source row of each (None:
+    start, start + 1, ...)."""
 
     start: int
     images: np.ndarray
@@ -43,9 +45,13 @@ class Block:
     edge: np.ndarray
     padded_fraction: np.ndarray
     reasons: list[str] = field(default_factory=list)
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def row_numbers(self) -> np.ndarray:
+        return self.rows if self.rows is not None else self.start + np.arange(len(self), dtype=np.int64)
 
 
 def _strings(values) -> np.ndarray:
@@ -57,7 +63,10 @@ def _strings(values) -> np.ndarray:
 
 def _reject_bad_pixels(block: Block) -> Block:
     """NaN or infinite pixels (masked regions, a corrupt chunk) reject the row, naming how many."""
-    bad = (~np.isfinite(block.images)).reshape(len(block), -1).sum(1)
+    finite = np.isfinite(block.images).reshape(len(block), -1)
+    if finite.all():
+        return block
+    bad = (~finite).sum(1)
     for i in np.flatnonzero(bad):
         if not block.reasons[i]:
             block.reasons[i] = f"{int(bad[i])} pixel(s) are NaN or infinite (masked or missing data)"
@@ -128,12 +137,43 @@ class CubeSource:
         except Exception as err:  # a corrupt chunk rejects its rows, not the run
             images = np.zeros((n, self.channels, self.size, self.size), np.float32)
             reasons = [f"unreadable cube rows {start}-{stop - 1} ({type(err).__name__}: {err})"] * n
-        ids = _strings(store["id"][start:stop])
-        extra = {name: np.asarray(store[name][start:stop]) for name in self._optional}
-        block = Block(start, images, ids, extra.get("ra", np.full(n, np.nan)).astype(np.float64),
-                      extra.get("dec", np.full(n, np.nan)).astype(np.float64),
-                      extra.get("edge", np.zeros(n, bool)).astype(bool),
-                      extra.get("padded_fraction", np.zeros(n, np.float32)).astype(np.float32), reasons)
+        columns = {name: store[name][start:stop] for name in ("id", *self._optional)}
+        return self._block(start, None, images, columns, reasons)
+
+    def storage_rows(self) -> int:
+        """Rows per storage chunk of 'images' (1 for a contiguous HDF5 dataset): reading one row costs one chunk."""
+        chunks = getattr(self._store()["images"], "chunks", None)
+        return int(chunks[0]) if chunks else 1
+
+    def read_rows(self, rows: np.ndarray) -> Block:
+        """The rows `rows` (sorted, distinct), read one storage chunk at a time: the rows of a chunk are read as the
+        span between the first and the last of them, so each chunk holding any is read once."""
+        store, rows = self._store(), np.asarray(rows, dtype=np.int64)
+        n, per_chunk = len(rows), self.storage_rows()
+        images = np.zeros((n, self.channels, self.size, self.size), np.float32)
+        columns = {name: [] for name in ("id", *self._optional)}
+        reasons = [""] * n
+        groups = np.flatnonzero(np.diff(rows // per_chunk)) + 1
+        for index in np.split(np.arange(n), groups) if n else []:
+            first, last = int(rows[index[0]]), int(rows[index[-1]])
+            take = rows[index] - first
+            try:
+                images[index] = np.asarray(store["images"][first:last + 1], dtype=np.float32)[take]
+            except Exception as err:  # a corrupt chunk rejects its rows, not the run
+                for i in index:
+                    reasons[i] = f"unreadable cube rows {first}-{last} ({type(err).__name__}: {err})"
+            for name in columns:
+                columns[name].append(np.asarray(store[name][first:last + 1])[take])
+        joined = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in columns.items()}
+        return self._block(int(rows[0]) if n else 0, rows, images, joined, reasons)
+
+    def _block(self, start: int, rows: np.ndarray | None, images: np.ndarray, columns: dict, reasons: list[str]) -> Block:
+        n = len(images)
+        block = Block(start, images, _strings(columns["id"]),
+                      np.asarray(columns.get("ra", np.full(n, np.nan)), np.float64),
+                      np.asarray(columns.get("dec", np.full(n, np.nan)), np.float64),
+                      np.asarray(columns.get("edge", np.zeros(n, bool)), bool),
+                      np.asarray(columns.get("padded_fraction", np.zeros(n, np.float32)), np.float32), reasons, rows)
         return _reject_bad_pixels(block)
 
 
@@ -201,6 +241,26 @@ class CatalogueTable:
             columns = {k: part.column(c).to_numpy(zero_copy_only=False) for k, c in self.columns.items()}
         else:
             part = self._fits[start:stop]
+            columns = {k: np.asarray(part[c]) for k, c in self.columns.items()}
+        return {"id": _strings(columns["id"]), "ra": np.asarray(columns["ra"], np.float64),
+                "dec": np.asarray(columns["dec"], np.float64)}
+
+    def read_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The id, ra, dec of rows `rows` (sorted, distinct)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if hasattr(self, "_parquet"):
+            groups = np.searchsorted(self._group_starts, rows, side="right") - 1
+            parts = []
+            for group in np.unique(groups):
+                table = self._parquet.read_row_group(int(group), columns=list(self.columns.values()))
+                local = rows[groups == group] - self._group_starts[group]
+                parts.append({k: table.column(c).to_numpy(zero_copy_only=False)[local] for k, c in self.columns.items()})
+            columns = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in self.columns}
+        elif hasattr(self, "_table"):
+            part = self._table.take(rows)
+            columns = {k: part.column(c).to_numpy(zero_copy_only=False) for k, c in self.columns.items()}
+        else:
+            part = self._fits[rows]
             columns = {k: np.asarray(part[c]) for k, c in self.columns.items()}
         return {"id": _strings(columns["id"]), "ra": np.asarray(columns["ra"], np.float64),
                 "dec": np.asarray(columns["dec"], np.float64)}
@@ -353,8 +413,15 @@ class TileSource:
         return chosen, x0s, y0s, inside_chosen
 
     def read(self, start: int, stop: int) -> Block:
-        rows = self.catalogue.read(start, stop)
-        n, size = stop - start, self.size
+        return self._cut(self.catalogue.read(start, stop), start, None)
+
+    def read_rows(self, rows: np.ndarray) -> Block:
+        """The cutouts of catalogue rows `rows` (sorted, distinct)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._cut(self.catalogue.read_rows(rows), int(rows[0]) if len(rows) else 0, rows)
+
+    def _cut(self, rows: dict[str, np.ndarray], start: int, numbers: np.ndarray | None) -> Block:
+        n, size = len(rows["id"]), self.size
         images = np.zeros((n, self.channels, size, size), np.float32)
         edge, padded, reasons = np.zeros(n, bool), np.zeros(n, np.float32), [""] * n
         chosen, x0s, y0s, inside = self.locate(rows["ra"], rows["dec"])
@@ -375,7 +442,8 @@ class TileSource:
                 edge[i], padded[i] = True, share
             for band, plane in enumerate(self._planes(index)):
                 images[i, band, ya - y0: yb - y0, xa - x0: xb - x0] = plane[ya:yb, xa:xb]
-        return _reject_bad_pixels(Block(start, images, rows["id"], rows["ra"], rows["dec"], edge, padded, reasons))
+        return _reject_bad_pixels(Block(start, images, rows["id"], rows["ra"], rows["dec"], edge, padded, reasons,
+                                        numbers))
 
 
 def write_cube(source, out: Path, *, chunk_rows: int = 4096, progress: bool = False) -> tuple[int, list[tuple]]:
