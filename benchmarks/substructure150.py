@@ -9,6 +9,7 @@ Data (counts per class; `--test 0` gives the Common Test I layout, train/ and va
     lensfinder simulate substructure --preset deeplense-model-i --train 0 --val 0 --test 2500 --seed 1 --out data/mi-seed1
 Runs (one core: OMP_NUM_THREADS=1), e.g.
     lensfinder train --task substructure --data data/ct1 --model resnet-pool-s --epochs 5 --out runs/substructure150/ct1-resnet-pool-s
+    lensfinder train --task substructure --data data/ct1 --model resnet-pool-s --epochs 20 --out runs/substructure150/ct1-resnet-pool-s-e20
 
     python benchmarks/substructure150.py                 # score every run that exists, table + JSON
     python benchmarks/substructure150.py --train         # train the missing runs first (one at a time)
@@ -55,6 +56,9 @@ class Entry:
 
 ENTRIES = (
     Entry("ct1-resnet-pool-s", "deeplense-common-test-i", "resnet-pool-s", 5, "ct1",
+          (("val", "ct1", "val"), ("test seed 1", "ct1-seed1", "test"), ("model-i test seed 1", "mi-seed1", "test"))),
+    # The same recipe, 20 epochs, one torch thread (lensfinder train ... --epochs 20): the shipped 150 px weights
+    Entry("ct1-resnet-pool-s-e20", "deeplense-common-test-i", "resnet-pool-s", 20, "ct1",
           (("val", "ct1", "val"), ("test seed 1", "ct1-seed1", "test"), ("model-i test seed 1", "mi-seed1", "test"))),
     Entry("mi-resnet-pool-s", "deeplense-model-i", "resnet-pool-s", 5, "mi-seed2",
           (("val", "mi-seed2", "val"), ("test seed 1", "mi-seed1", "test"))),
