@@ -276,3 +276,12 @@ def test_two_ddp_processes_give_the_one_process_catalogue(survey, tmp_path):
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr
     assert len(list((tmp_path / "ddp.parquet.parts").glob("part-*.parquet"))) == 15
     assert table_rows(out) == survey["reference"]
+
+
+def test_the_preset_pixel_scale_is_read_without_the_simulator_and_parts_default_to_about_rows_over_256():
+    from lensfinder.simulate.presets import list_presets, load_preset
+    from lensfinder.survey.engine import MAX_CHUNK_ROWS, auto_chunk_rows, preset_pixel_scale
+
+    for name in list_presets():
+        assert preset_pixel_scale(name) == float(load_preset(name)["pixel_scale_arcsec"]), name
+    assert [auto_chunk_rows(n) for n in (10, 20_000, 200_000, 10**6, 10**8)] == [1024, 1024, 1024, 4096, MAX_CHUNK_ROWS]

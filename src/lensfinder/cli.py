@@ -175,7 +175,8 @@ def predict(
                                                            "of the model's training preset's"),
     parts: Optional[Path] = typer.Option(None, help="cube/tiles: folder of the Parquet parts (default OUT.parts); a "
                                                     "rerun of the same command resumes from it"),
-    chunk_size: int = typer.Option(65536, help="cube/tiles: rows per Parquet part (the unit of resumption)"),
+    chunk_size: Optional[int] = typer.Option(None, help="cube/tiles: rows per Parquet part (the unit of resumption); "
+                                                        "default: about rows / 256, from 1,024 to 65,536"),
     top: Optional[int] = typer.Option(None, help="cube/tiles: keep only the K best-scored rows in OUT"),
     accelerator: str = typer.Option("auto", help="cube/tiles: cpu | gpu | auto (Lightning, as in training)"),
     devices: str = typer.Option("auto", help="cube/tiles: number of devices per node, or 'auto'"),

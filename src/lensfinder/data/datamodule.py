@@ -87,8 +87,10 @@ StreamFactory = Callable[[int, int], IterableDataset]  # (epoch, rank) -> that e
 
 
 class LensDataModule(L.LightningDataModule):
-    """`train` is a PackedDataset (sampled by EpochSampler with `sampling`) or a StreamFactory, called once per
-    epoch (the trainer reloads the training loader every epoch when streaming), so each epoch simulates new objects."""
+    """`train` is a PackedDataset (sampled by EpochSampler with `sampling`), a StreamFactory, called once per
+    epoch (the trainer reloads the training loader every epoch when streaming), so each epoch simulates new objects,
+    or an epoch stream of batches with `for_epoch(epoch, rank, world)` (labelled cubes, `data.cubes.CubeEpochs`,
+    also reloaded every epoch)."""
 
     def __init__(self, train: Dataset | StreamFactory, val: Dataset, *, batch_size: int, num_workers: int = 0,
                  sampling: str = "shuffle", seed: int = 0):
@@ -113,6 +115,10 @@ class LensDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
+        if hasattr(self.train_set, "for_epoch"):  # batches read from cubes block by block (data/cubes.py)
+            epoch = self.trainer.current_epoch if self.trainer is not None else 0
+            return DataLoader(self.train_set.for_epoch(epoch, rank, world), batch_size=None,
+                              num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
         if self.streaming:
             epoch = self.trainer.current_epoch if self.trainer is not None else 0
             return self._loader(self.train_set(epoch, rank), None, persistent=False)

@@ -39,7 +39,15 @@ warnings.filterwarnings("ignore", message=r".*Couldn't infer the batch indices")
 
 MANIFEST = "manifest.json"
 PARTS_FORMAT = "lensfinder-survey-parts-v2"  # v2: the views column and the two-pass (rescore) parts
-DEFAULT_CHUNK_ROWS = 65536  # rows per Parquet part: the unit of resumption (10^8 objects -> ~1,500 parts)
+MAX_CHUNK_ROWS = 65536  # rows per Parquet part at most: the unit of resumption (10^8 objects -> ~1,500 parts)
+DEFAULT_CHUNK_ROWS = None  # None: `auto_chunk_rows` of the source's rows
+
+
+def auto_chunk_rows(n_rows: int) -> int:
+    """Rows per part when none is given: about n / 256 (so that the ranks share out many parts evenly), rounded up to
+    a multiple of 1,024, between 1,024 and MAX_CHUNK_ROWS. A function of the source alone, so a rerun on other
+    devices resumes the same parts."""
+    return min(MAX_CHUNK_ROWS, max(1024, -(-n_rows // 256 // 1024) * 1024))
 
 
 def parts_dir_for(out: Path) -> Path:
@@ -95,9 +103,22 @@ def expected_pixel_scale(hparams, pixel_scale_arcsec: float | None) -> tuple[flo
     preset = hparams.get("preset")
     if preset is None:
         return None, "the model"
+    return preset_pixel_scale(preset), f"the model (trained on preset {preset})"
+
+
+def preset_pixel_scale(name: str) -> float:
+    """The pixel scale of simulator preset `name`: read from its YAML file, which states it, so that predicting does
+    not import the simulator (caustics, astropy.cosmology: 1-2 s); the merged preset when the file does not."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "simulate" / "presets" / f"{name}.yaml"
+    if path.is_file():
+        value = (yaml.safe_load(path.read_text()) or {}).get("pixel_scale_arcsec")
+        if value is not None:
+            return float(value)
     from ..simulate.presets import load_preset
 
-    return float(load_preset(preset)["pixel_scale_arcsec"]), f"the model (trained on preset {preset})"
+    return float(load_preset(name)["pixel_scale_arcsec"])
 
 
 @dataclass(frozen=True)
@@ -170,6 +191,8 @@ class SurveyData(L.LightningDataModule):
 class Scorer(L.LightningModule):
     """Calibrated float64 log-space class scores (`inference.view_logits`, with the batch's 1 or 8 D4 views) of the
     cutouts of a batch that read."""
+
+    allow_zero_length_dataloader_with_multiple_devices = True  # a rank may find no part left to write
 
     def __init__(self, module, *, prevalence: float | None):
         super().__init__()
@@ -339,7 +362,7 @@ def _trainer(*, accelerator: str, devices: str | int, num_nodes: int, strategy: 
 def predict_survey(inputs: list[Path], out: Path, *, catalogue: Path | None = None, bands: list[str] | None = None,
                    run: Path | None = None, task: str | None = None, preset: str | None = None, batch_size: int = 512,
                    tta: bool | str | None = None, rescore_top: float = DEFAULT_RESCORE_TOP,
-                   chunk_rows: int = DEFAULT_CHUNK_ROWS, parts: Path | None = None,
+                   chunk_rows: int | None = DEFAULT_CHUNK_ROWS, parts: Path | None = None,
                    accelerator: str = "auto", devices: str | int = "auto", num_nodes: int = 1, strategy: str = "auto",
                    precision: str = "32-true", num_workers: int = 0, prevalence: float | None = None,
                    edge: str = "pad", pixel_scale_arcsec: float | None = None, shard: tuple[int, int] | None = None,
@@ -355,7 +378,7 @@ def predict_survey(inputs: list[Path], out: Path, *, catalogue: Path | None = No
     out = Path(out)
     if not str(out).lower().endswith(CATALOGUE_SUFFIXES):
         raise InputError(f"{out}: unsupported catalogue type; expected one of {', '.join(CATALOGUE_SUFFIXES)}")
-    if batch_size < 1 or chunk_rows < 1 or num_workers < 0:
+    if batch_size < 1 or (chunk_rows is not None and chunk_rows < 1) or num_workers < 0:
         raise InputError(f"--batch-size {batch_size} / --chunk-size {chunk_rows} / --num-workers {num_workers}: "
                          "expected sizes >= 1 and a number of workers >= 0")
     if shard is not None and not 0 <= shard[0] < shard[1]:
@@ -382,6 +405,7 @@ def predict_survey(inputs: list[Path], out: Path, *, catalogue: Path | None = No
                          f"({weights}) takes {hp.in_channels} x {hp.image_size} x {hp.image_size}; pass a model for "
                          "these cutouts, or cut them to its size and bands")
     parts = Path(parts) if parts is not None else parts_dir_for(out)
+    chunk_rows = int(chunk_rows) if chunk_rows is not None else auto_chunk_rows(source.n)
     n_chunks = -(-source.n // chunk_rows)
     version = _sha256(weights)[:16]
     manifest = {"format": PARTS_FORMAT, "source": source.description, "model": hp.model_name, "model_version": version,

@@ -17,6 +17,7 @@ from safetensors.torch import safe_open, save_file
 
 from ..config import TrainConfig
 from ..data.cache import open_packed, pack
+from ..data.cubes import CubeDataset, CubeEpochs, LabelledCubes, is_cube_data
 from ..data.datamodule import LensDataModule, PackedDataset, epoch_seed
 from ..data.layouts import atomic_path, discover, held_out_listings, write_split_record, write_text_atomic
 from ..data.normalize import channel_stats
@@ -176,24 +177,36 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
                           devices=config.devices, num_nodes=config.num_nodes, strategy=config.strategy,
                           precision=config.precision, early_stopping=config.early_stopping, progress=config.progress,
                           limit_train_batches=config.steps_per_epoch if config.stream else None,
-                          deterministic=bool(config.deterministic), reload_train_data=bool(config.stream))
+                          deterministic=bool(config.deterministic),
+                          reload_train_data=bool(config.stream) or is_cube_data(config.data))
     # Only the first process checks and writes the run folder: the others (launched by Lightning for DDP, or by
     # srun / torchrun) find it already written by that process.
     chief = trainer.is_global_zero
     if chief and not resume and (run_dir / "config.yaml").exists():
         raise InputError(f"{run_dir}: already holds a run; pass --resume to continue it, or choose another --out")
 
-    splits = discover(Path(config.data), config.task)
-    held = held_out_listings(splits, val_fraction=config.val_fraction, seed=config.seed, test_fraction=config.test_fraction)
-    train_listing, val_listing = held["train"], held["val"]
-    cache_dir = Path(config.cache_dir) if config.cache_dir else None
-    val_pack = pack(val_listing, cache_dir=cache_dir, allow_pickle=config.allow_pickle)
-    val_images = open_packed(val_pack)
-    class_names = train_listing.class_names
+    cubes = LabelledCubes(Path(config.data), config.task) if is_cube_data(config.data) else None
+    if cubes is not None:  # labelled cubes: read in blocks where they are, never packed (data/cubes.py)
+        held = cubes.held_out(val_fraction=config.val_fraction, seed=config.seed, test_fraction=config.test_fraction)
+        val_images = cubes.rows(held["val"])
+        val_labels, class_names = val_images.labels, cubes.class_names
+    else:
+        splits = discover(Path(config.data), config.task)
+        held = held_out_listings(splits, val_fraction=config.val_fraction, seed=config.seed,
+                                 test_fraction=config.test_fraction)
+        train_listing, val_listing = held["train"], held["val"]
+        cache_dir = Path(config.cache_dir) if config.cache_dir else None
+        val_pack = pack(val_listing, cache_dir=cache_dir, allow_pickle=config.allow_pickle)
+        val_images = open_packed(val_pack)
+        val_labels, class_names = val_listing.labels, train_listing.class_names
     if config.stream:  # the training split is never read: the stream replaces it
         train_images = _stream_sample(config, min(256, config.steps_per_epoch * config.batch_size))
         class_counts = _stream_composition(config, len(class_names))
         source = f"the {config.stream_preset} stream"
+    elif cubes is not None:
+        train_images = cubes.rows(held["train"])
+        class_counts = np.bincount(train_images.labels, minlength=len(class_names))
+        source = f"{config.data} (training split)"
     else:
         train_pack = pack(train_listing, cache_dir=cache_dir, allow_pickle=config.allow_pickle)
         train_images = open_packed(train_pack)
@@ -212,7 +225,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
         mean, std = channel_stats(train_images)  # training images only, as in the report
         normalization.update(mean=mean.tolist(), std=std.tolist())
     if chief:  # written only once the data passed its checks, so a refused run leaves no run behind
-        if "val" not in splits or "test" in held:
+        if cubes is not None and cubes.seeded:
+            write_text_atomic(run_dir / "split.json", json.dumps(cubes.split_record(config.seed)))
+        elif cubes is None and ("val" not in splits or "test" in held):
             write_split_record(run_dir / "split.json", val_listing, seed=config.seed, val_fraction=config.val_fraction,
                                test=held.get("test"), test_fraction=config.test_fraction)
         if ckpt_path is None or extension:
@@ -229,14 +244,21 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
         class_weights=_class_weights(class_counts, config.class_weights), lr=config.lr,
         weight_decay=config.weight_decay, optimizer=config.optimizer, scheduler=config.scheduler,
         augment=config.augment, tta=config.tta,
-        preset=config.stream_preset if config.stream else _data_preset(Path(config.data)),
+        preset=config.stream_preset if config.stream else cubes.preset if cubes is not None
+        else _data_preset(Path(config.data)),
     )
     if config.init:
         parent = _init_from(module, config)
         if chief:
             write_text_atomic(run_dir / "parent.json", json.dumps(parent, indent=1))
-    train_set = partial(_stream, config) if config.stream else PackedDataset(train_pack, train_listing.labels)
-    datamodule = LensDataModule(train_set, PackedDataset(val_pack, val_listing.labels), batch_size=config.batch_size,
+    if config.stream:
+        train_set = partial(_stream, config)
+    elif cubes is not None:
+        train_set = CubeEpochs(train_images, batch_size=config.batch_size, mode=config.sampling, seed=config.seed)
+    else:
+        train_set = PackedDataset(train_pack, train_listing.labels)
+    val_set = CubeDataset(val_images) if cubes is not None else PackedDataset(val_pack, val_listing.labels)
+    datamodule = LensDataModule(train_set, val_set, batch_size=config.batch_size,
                                 num_workers=config.num_workers, sampling=config.sampling, seed=config.seed)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
@@ -246,12 +268,12 @@ def train(config: TrainConfig, *, resume: bool = False) -> Run:
         module.load_state_dict(state)
         module = module.cpu()
         log_probs = validation_log_probs(module, val_images)
-        calibration = fit_calibration(log_probs, torch.as_tensor(val_listing.labels))
+        calibration = fit_calibration(log_probs, torch.as_tensor(val_labels))
         module.hparams.calibration = calibration
         write_text_atomic(run_dir / "calibration.json", json.dumps(calibration, indent=1))
-        if len(class_names) == 2 and len(np.unique(val_listing.labels)) == 2:
+        if len(class_names) == 2 and len(np.unique(val_labels)) == 2:
             score = log_odds(module.calibrate(log_probs).numpy(), positive=1)
-            record = choose_survey_thresholds(val_listing.labels, score, data=config.data, split="val", tta=bool(config.tta))
+            record = choose_survey_thresholds(val_labels, score, data=config.data, split="val", tta=bool(config.tta))
             write_text_atomic(run_dir / "thresholds.json", json.dumps(record, indent=1))
         export_model(module, run_dir / "model.safetensors")
         plot_history(read_history(run_dir / "history.csv"), run_dir / "figures" / "history.png")
