@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +117,18 @@ def substructure_root(tmp_path) -> Path:
 def lensfinding_root(tmp_path) -> Path:
     return make_lensfinding_layout(tmp_path / "t2", counts={"train_lenses": 20, "train_nonlenses": 80,
                                                             "test_lenses": 10, "test_nonlenses": 60})
+
+
+def sigkill_part_way_then_resume(command: Callable[[Path], list[str]], killed: Path, *, pattern: str, at_least: int,
+                                 total: int) -> None:
+    """Start `command(killed)`, SIGKILL it once `at_least` files match `pattern` under `killed` (and before all
+    `total` are written), then run the same command again to the end: what a user's interrupted run does."""
+    proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(killed.glob(pattern))) < at_least:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(list(killed.glob(pattern)))
+    assert 0 < written < total, written  # killed part-way
+    subprocess.run(command(killed), check=True, capture_output=True)

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import csv
 import math
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from lensfinder.simulate import conventions as conv
 from lensfinder.simulate import paint
 from lensfinder.simulate.cli import app as simulate_app
 from lensfinder.validation import InputError
+from conftest import sigkill_part_way_then_resume
 
 PIXEL = 0.2  # arcsec, the tests' hosts
 SKY = np.array([0.01, 0.012, 0.02])  # the hosts' sky noise per band (their units: nanomaggies, zero point 22.5)
@@ -306,15 +305,7 @@ def test_resume_after_sigkill_gives_the_same_bytes(tmp_path):
 
     subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(killed.glob("*/*.npy"))) < 30:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    written = len(list(killed.glob("*/*.npy")))
-    assert 0 < written < 300, written  # killed part-way
-    subprocess.run(command(killed), check=True, capture_output=True)
+    sigkill_part_way_then_resume(command, killed, pattern="*/*.npy", at_least=30, total=300)
     assert _bytes(killed) == _bytes(tmp_path / "whole")
     assert not list(killed.rglob(".*"))
 

@@ -9,6 +9,7 @@ import yaml
 
 from lensfinder.simulate import simulate_lensfinding, simulate_substructure
 from lensfinder.simulate.presets import load_preset
+from conftest import sigkill_part_way_then_resume
 
 LF_COUNTS = {"train_lenses": 3, "train_nonlenses": 6, "test_lenses": 1, "test_nonlenses": 2}
 
@@ -193,10 +194,8 @@ def test_default_counts_are_the_published_ones(tmp_path, monkeypatch):
 def test_simulate_killed_with_sigkill_resumes_to_the_same_bytes(tmp_path):
     """A real SIGKILL in the middle of `lensfinder simulate`, then the same command again: the files are
     byte-identical to an uninterrupted run's, and the manifest too."""
-    import signal
     import subprocess
     import sys
-    import time
 
     def command(out):
         return [sys.executable, "-m", "lensfinder", "simulate", "lensfinding", "--out", str(out), "--seed", "3",
@@ -205,15 +204,7 @@ def test_simulate_killed_with_sigkill_resumes_to_the_same_bytes(tmp_path):
 
     subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(killed.glob("test_*/*.npy"))) < 20:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    written = len(list(killed.glob("test_*/*.npy")))
-    assert 0 < written < 150, written  # killed part-way
-    subprocess.run(command(killed), check=True, capture_output=True)
+    sigkill_part_way_then_resume(command, killed, pattern="test_*/*.npy", at_least=20, total=150)
     assert _bytes(killed) == _bytes(tmp_path / "whole")  # the killed writer's temporaries are gone too
     assert not list(killed.rglob(".*"))
 
