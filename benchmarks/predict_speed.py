@@ -1,7 +1,9 @@
 """Survey prediction speed on CPU: cutouts per second end to end through `lensfinder predict` on an HDF5 cube
 (model load, Lightning Trainer.predict on one process, reading the cube in chunks, writing the Parquet parts, the
-merge into the ranked catalogue), with the shipped lens finder at its default (8 D4 views averaged) and --no-tta.
-Synthetic 3 x 64 x 64 cutouts: the speed does not depend on the pixel values.
+merge into the ranked catalogue), with the shipped lens finder at its default (two passes: one view for every
+cutout, the 8 D4 views for the best-scored 1 %, at least 1,000), with --tta all (8 views for every cutout) and with
+--tta none (one view). Synthetic 3 x 64 x 64 cutouts: the speed does not depend on the pixel values. For sizes,
+processes, tiles and memory see benchmarks/predict_scale.py.
 
     python benchmarks/predict_speed.py                 # N = 2048, batch 512
     python benchmarks/predict_speed.py --n 20000 --name predict_speed_20k
@@ -47,7 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2048, help="cutouts in the cube")
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--chunk-size", type=int, default=65536)
+    parser.add_argument("--chunk-size", type=int, default=None, help="rows per part (default: predict's)")
     parser.add_argument("--name", default="predict_speed")
     parser.add_argument("--note", default="", help="what else ran on the machine")
     args = parser.parse_args()
@@ -56,14 +58,14 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         cube = write_cube(Path(tmp) / "cube.h5", args.n)
-        for label, tta in (("default (8 D4 views)", None), ("--no-tta", False)):
-            out = Path(tmp) / f"{'tta' if tta is None else 'single'}.parquet"
+        for label, tta in (("default (two passes)", None), ("--tta all", "all"), ("--tta none", "none")):
+            out = Path(tmp) / f"{tta or 'default'}.parquet"
             start = time.perf_counter()
             result = predict_survey([cube], out, run=weights, batch_size=args.batch_size, chunk_rows=args.chunk_size,
                                     tta=tta, accelerator="cpu", devices=1)
             seconds = time.perf_counter() - start
             assert result.merged is not None and result.merged.rows == args.n
-            rows.append({"mode": label, "tta": tta is None, "cutouts": args.n, "seconds": round(seconds, 2),
+            rows.append({"mode": label, "tta": result.tta, "cutouts": args.n, "seconds": round(seconds, 2),
                          "cutouts_per_s": round(args.n / seconds, 1)})
             print(f"{label:24s} {args.n:8d} cutouts {seconds:8.1f} s {args.n / seconds:9.1f} cutouts/s", flush=True)
     payload = {"what": "lensfinder predict on an HDF5 cube, end to end (model load, Trainer.predict on 1 CPU process, "

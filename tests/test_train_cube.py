@@ -179,3 +179,35 @@ def test_ddp_ranks_take_equal_shares_of_one_draw(tmp_path):
     assert len(shares[0]) == len(shares[1]) == 7 and len(shares[0].order) == len(shares[1].order) == 51
     assert set(shares[0].order) | set(shares[1].order) == set(range(101))
     assert BLOCK_ROWS == 256
+
+
+def test_cutouts_copies_a_catalogues_label_and_split_into_a_labelled_cube(tmp_path):
+    from test_survey import tile_wcs, write_tile
+
+    wcs = tile_wcs()
+    write_tile(tmp_path, "A", wcs, np.random.default_rng(0))
+    pixels = [(20 + 6 * i, 20 + 5 * (i % 10)) for i in range(12)] + [(400, 50)]  # the last lies on no tile
+    ra, dec = wcs.pixel_to_world_values(*np.array(pixels, float).T)
+    labels = [i % 3 == 0 for i in range(13)]
+    with open(tmp_path / "objects.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "ra", "dec", "Label", "split"])
+        writer.writerows((f"o{i}", repr(float(r)), repr(float(d)), int(y), "val" if i in (0, 1, 2, 4) else "train")
+                         for i, (r, d, y) in enumerate(zip(ra, dec, labels)))
+    out = tmp_path / "labelled.zarr"
+    result = CliRunner().invoke(app, ["cutouts", *map(str, sorted(tmp_path.glob("A_*.fits"))), "--catalogue",
+                                      str(tmp_path / "objects.csv"), "--bands", "g,r,i", "--out", str(out), "--size",
+                                      "16", "--preset", "lsst-gri", "--class-names", "nonlens,lens"])
+    assert result.exit_code == 0, result.output
+    cubes = LabelledCubes(out, "lensfinding")
+    assert len(cubes) == 12 and cubes.preset == "lsst-gri" and cubes.class_names == ["nonlens", "lens"]
+    assert cubes.labels.tolist() == [int(y) for y in labels[:12]]
+    held = cubes.held_out(val_fraction=0.1, seed=0)
+    assert held["val"].tolist() == [0, 1, 2, 4] and not cubes.seeded  # the split column, not a seeded share
+    with open(tmp_path / "bad.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["id", "ra", "dec", "label"], ["a", repr(float(ra[0])), repr(float(dec[0])), "0.5"]])
+    with pytest.raises(InputError, match="bad.csv: column 'label' holds float64 values"):
+        from lensfinder.survey.engine import make_cutouts
+
+        make_cutouts(sorted(tmp_path.glob("A_*.fits")), tmp_path / "bad.csv", tmp_path / "bad.h5", bands=["g", "r", "i"],
+                     size=16)

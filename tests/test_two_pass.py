@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 import lensfinder
 from lensfinder.cli import app
-from lensfinder.evaluate.inference import (DEFAULT_RESCORE_TOP, TTA_MODES, rescore_count, top_indices, tta_plan,
-                                           view_logits)
+from lensfinder.evaluate.inference import (DEFAULT_RESCORE_MIN, DEFAULT_RESCORE_TOP, TTA_MODES, rescore_count,
+                                           top_indices, tta_plan, view_logits)
 from lensfinder.evaluate.predict import predict_catalog
 from lensfinder.metrics import log_odds
 from lensfinder.survey.engine import predict_survey
@@ -56,7 +56,7 @@ def images(n, seed=1):
 
 def test_the_plan_follows_the_model_and_the_flags():
     lens, multi, plain = make_model().hparams, make_model(num_classes=3).hparams, make_model(tta=False).hparams
-    assert DEFAULT_RESCORE_TOP == 0.01 and TTA_MODES == ("top", "all", "none")
+    assert DEFAULT_RESCORE_TOP == 0.01 and DEFAULT_RESCORE_MIN == 1000 and TTA_MODES == ("top", "all", "none")
     assert tta_plan(lens) == ("top", 0.01)  # trained with averaging, binary: two passes
     assert tta_plan(multi) == ("all", 0.0)  # substructure: every object averaged
     assert tta_plan(plain) == ("none", 0.0)  # trained without: one view
@@ -67,7 +67,11 @@ def test_the_plan_follows_the_model_and_the_flags():
         tta_plan(lens, "some")
     with pytest.raises(InputError, match="--rescore-top 1.5"):
         tta_plan(lens, "top", 1.5)
-    assert rescore_count(19650, 0.01) == 197 and rescore_count(100, 0.07) == 7 and rescore_count(5, 0.01) == 1
+    with pytest.raises(InputError, match="--rescore-min -1"):
+        tta_plan(lens, "top", 0.01, -1)
+    # the share, at least the minimum (1,000 by default), at most all
+    assert rescore_count(19650, 0.01) == 1000 and rescore_count(10**8, 0.01) == 10**6 and rescore_count(600, 0.01) == 600
+    assert rescore_count(19650, 0.01, 0) == 197 and rescore_count(100, 0.07, 0) == 7 and rescore_count(5, 0.01, 0) == 1
     assert rescore_count(0, 0.01) == 0 and rescore_count(10, 0.0) == 0
     assert list(top_indices(np.array([1.0, 3.0, 3.0, 2.0]), 3)) == [1, 2, 3]  # ties in index order
 
@@ -90,8 +94,8 @@ def test_the_array_path_rescores_only_the_top_share_with_8_views():
     model, x = make_model(), images(60)
     one = lensfinder.predict(model, x, tta="none").set_index("id")
     eight = lensfinder.predict(model, x, tta="all").set_index("id")
-    two = lensfinder.predict(model, x, rescore_top=0.1).set_index("id")  # the default mode: top
-    assert two.attrs["tta"] == "top" and two.attrs["rescore_top"] == 0.1
+    two = lensfinder.predict(model, x, rescore_top=0.1, rescore_min=0).set_index("id")  # the default mode: top
+    assert two.attrs["tta"] == "top" and two.attrs["rescore_top"] == 0.1 and two.attrs["rescore_min"] == 0
     assert set(one["views"]) == {1} and set(eight["views"]) == {8}
     top = set(one.sort_values("score", ascending=False, kind="stable").index[:6])  # ceil(0.1 x 60)
     assert set(two.index[two["views"] == 8]) == top and (two["views"] == 1).sum() == 54
@@ -102,6 +106,9 @@ def test_the_array_path_rescores_only_the_top_share_with_8_views():
             assert two.loc[i, "score"] == one.loc[i, "score"]  # the same first pass, bit for bit
     assert two["score"].is_monotonic_decreasing  # ranked by the final scores
     assert not np.allclose(one.loc[list(top), "score"], eight.loc[list(top), "score"])  # the views changed them
+    # the minimum: a share of 1 % of 60 is one object, but at least 10 are re-scored; by default (1,000) all 60
+    assert (lensfinder.predict(model, x, rescore_min=10)["views"] == 8).sum() == 10
+    assert set(lensfinder.predict(model, x)["views"]) == {8}
 
 
 def test_the_folder_path_rescores_the_top_share_and_flags_it(tmp_path):
@@ -118,7 +125,7 @@ def test_the_folder_path_rescores_the_top_share_and_flags_it(tmp_path):
             return {r["path"]: r for r in csv.DictReader(handle)}
 
     one, eight = rows("one.csv", tta="none"), rows("eight.csv", tta=True)
-    two = rows("two.csv", rescore_top=0.05)  # ceil(0.05 x 40) = 2
+    two = rows("two.csv", rescore_top=0.05, rescore_min=0)  # ceil(0.05 x 40) = 2
     top = sorted(one, key=lambda k: -float(one[k]["score"]))[:2]
     assert sorted(k for k, r in two.items() if r["views"] == "8") == sorted(top)
     for key, row in two.items():
@@ -152,7 +159,7 @@ def _survey(cube, name, **options):
     torch.set_num_threads(1)  # as the subprocesses below run: small batches' float32 sums depend on the threads
     try:
         return predict_survey([cube["cube"]], cube["root"] / name, run=cube["root"] / "model.safetensors",
-                              batch_size=40, accelerator="cpu", devices=1, **options)
+                              batch_size=40, accelerator="cpu", devices=1, **{"rescore_min": 0, **options})
     finally:
         torch.set_num_threads(threads)
 
@@ -189,6 +196,8 @@ def test_the_survey_rescores_the_top_share_from_the_source_and_merges_it(cube):
     assert pq.read_table(again.merged.path).to_pylist() == two
     with pytest.raises(InputError, match="rescore_top: parts 0.05, now 0.1"):
         _survey(cube, "two.parquet", rescore_top=0.1, chunk_rows=40)
+    floor = _survey(cube, "floor.parquet", rescore_top=0.01, rescore_min=50, chunk_rows=40)  # 1 % of 600 is 6
+    assert floor.rescored == 50 and read_selection(floor.parts)[1]["minimum"] == 50
 
 
 def test_a_shard_scores_the_first_pass_and_the_unsharded_command_finishes_it(cube):
@@ -205,7 +214,8 @@ def test_a_shard_scores_the_first_pass_and_the_unsharded_command_finishes_it(cub
 
 def _command(cube, out, *extra):
     return [sys.executable, "-m", "lensfinder", "predict", str(cube["cube"]), "--run", str(cube["root"] / "model.safetensors"),
-            "--out", str(out), "--chunk-size", "8", "--batch-size", "40", "--rescore-top", "0.5", "--no-progress",
+            "--out", str(out), "--chunk-size", "8", "--batch-size", "40", "--rescore-top", "0.5", "--rescore-min", "0",
+            "--no-progress",
             "--accelerator", "cpu", *extra]
 
 

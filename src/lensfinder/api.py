@@ -219,7 +219,7 @@ def load_model(source: "PathLike | LensModule" = "shipped", *, task: str | None 
 # ----------------------------------------------------------------------------------------------------- predict
 def predict(model: "LensModule | PathLike", inputs: Any, *, task: str | None = None, preset: str | None = None,
             ids: Sequence | None = None, out: PathLike | None = None, batch_size: int = 256,
-            tta: bool | str | None = None, rescore_top: float = 0.01, device: str = "auto",
+            tta: bool | str | None = None, rescore_top: float = 0.01, rescore_min: int = 1000, device: str = "auto",
             prevalence: float | None = None, bands: Sequence[str] | None = None, on_bad: str = "skip",
             allow_pickle: bool = False, num_workers: int = 0, progress: bool = False) -> "pd.DataFrame":
     """Score images and return a pandas DataFrame ranked by score (highest first), index 'rank' from 1.
@@ -248,7 +248,8 @@ def predict(model: "LensModule | PathLike", inputs: Any, *, task: str | None = N
     e.g. 1e-3; the ranking does not change.
 
     `tta` chooses which objects get the average over the 8 D4 views: "top" (the lens finder's default: every
-    object is scored with one view, then the best-scored `rescore_top` share, default 1 %, again with the 8),
+    object is scored with one view, then the best-scored `rescore_top` share, default 1 % and at least
+    `rescore_min` (1,000) objects, again with the 8),
     "all" (or True: every object), "none" (or False: one view each); None follows the model (trained with
     averaging: "top" for lens finding, "all" for substructure)."""
     import pandas as pd
@@ -260,12 +261,12 @@ def predict(model: "LensModule | PathLike", inputs: Any, *, task: str | None = N
             raise InputError("bands / out apply to files; an array is scored in memory (save the DataFrame with "
                              "df.to_csv to keep it)")
         return _predict_array(model, inputs, task=task, preset=preset, ids=ids, batch_size=batch_size, tta=tta,
-                              rescore_top=rescore_top, device=device, prevalence=prevalence)
+                              rescore_top=rescore_top, rescore_min=rescore_min, device=device, prevalence=prevalence)
     if ids is not None:
         raise InputError("ids: files are keyed by their paths; ids apply to an array")
     paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
     return _predict_files(model, paths, task=task, preset=preset, out=out, batch_size=batch_size, tta=tta,
-                          rescore_top=rescore_top, device=device, prevalence=prevalence, bands=bands, on_bad=on_bad,
+                          rescore_top=rescore_top, rescore_min=rescore_min, device=device, prevalence=prevalence, bands=bands, on_bad=on_bad,
                           allow_pickle=allow_pickle, num_workers=num_workers, progress=progress)
 
 
@@ -322,7 +323,7 @@ def _check_prevalence(module: "LensModule", prevalence: float | None) -> None:
         raise InputError(f"prevalence must be in (0, 1), got {prevalence}")
 
 
-def _predict_array(model, images, *, task, preset, ids, batch_size, tta, rescore_top, device,
+def _predict_array(model, images, *, task, preset, ids, batch_size, tta, rescore_top, rescore_min, device,
                    prevalence) -> "pd.DataFrame":
     from .evaluate.inference import tta_plan, two_pass_logits_array
     from .evaluate.predict import _device
@@ -357,15 +358,15 @@ def _predict_array(model, images, *, task, preset, ids, batch_size, tta, rescore
         raise InputError(f"batch_size: expected >= 1, found {batch_size}")
     _check_prevalence(module, prevalence)
     _device(device)  # a device that does not exist is an InputError, as on the command line
-    mode, share = tta_plan(hp, tta, rescore_top)
+    mode, share = tta_plan(hp, tta, rescore_top, rescore_min)
     logits, views = two_pass_logits_array(module, images, mode=mode, share=share, batch_size=batch_size,
                                           device=device, prevalence=prevalence,
-                                          positive=1 if hp.num_classes == 2 else None)
-    return _ranked_table(list(ids), logits, views, module, mode=mode, share=share)
+                                          positive=1 if hp.num_classes == 2 else None, minimum=rescore_min)
+    return _ranked_table(list(ids), logits, views, module, mode=mode, share=share, minimum=rescore_min)
 
 
 def _ranked_table(ids: list, logits: np.ndarray, views: np.ndarray, module: "LensModule", *, mode: str,
-                  share: float) -> "pd.DataFrame":
+                  share: float, minimum: int) -> "pd.DataFrame":
     """The catalogue's rows (as `predict_catalog` writes them) from float64 logits (N, K), ranked by score."""
     import pandas as pd
 
@@ -383,18 +384,19 @@ def _ranked_table(ids: list, logits: np.ndarray, views: np.ndarray, module: "Len
                           "predicted": [names[k] for k in logits[order].argmax(1)],
                           "views": views[order].astype(np.int64)},
                          index=pd.RangeIndex(1, len(order) + 1, name="rank"))
-    table.attrs.update(_attrs(module, mode=mode, share=share, version=__version__))
+    table.attrs.update(_attrs(module, mode=mode, share=share, minimum=minimum, version=__version__))
     return table
 
 
-def _attrs(module: "LensModule", *, mode: str, share: float, version: str) -> dict:
+def _attrs(module: "LensModule", *, mode: str, share: float, minimum: int, version: str) -> dict:
     hp = module.hparams
     return {"task": hp.task, "model": hp.model_name, "preset": hp.get("preset"), "class_names": list(hp.class_names),
-            "tta": mode, "rescore_top": share if mode == "top" else None, "lensfinder_version": version}
+            "tta": mode, "rescore_top": share if mode == "top" else None,
+            "rescore_min": minimum if mode == "top" else None, "lensfinder_version": version}
 
 
-def _predict_files(model, paths: list[Path], *, task, preset, out, batch_size, tta, rescore_top, device, prevalence,
-                   bands, on_bad, allow_pickle, num_workers, progress) -> "pd.DataFrame":
+def _predict_files(model, paths: list[Path], *, task, preset, out, batch_size, tta, rescore_top, rescore_min, device,
+                   prevalence, bands, on_bad, allow_pickle, num_workers, progress) -> "pd.DataFrame":
     import pandas as pd
 
     from . import __version__
@@ -420,7 +422,7 @@ def _predict_files(model, paths: list[Path], *, task, preset, out, batch_size, t
             module = load_model(run, task=task)
         target = Path(out) if out is not None else Path(scratch) / "catalogue.csv"
         catalogue = predict_catalog(paths, target, run=run, batch_size=batch_size, tta=tta, rescore_top=rescore_top,
-                                    device=device,
+                                    rescore_min=rescore_min, device=device,
                                     num_workers=num_workers, allow_pickle=allow_pickle,
                                     band_suffixes=list(bands) if bands else None, progress=progress,
                                     prevalence=prevalence, on_bad=on_bad)
@@ -429,8 +431,8 @@ def _predict_files(model, paths: list[Path], *, task, preset, out, batch_size, t
     table["score"] = table["score"].astype(np.float64)
     from .evaluate.inference import tta_plan
 
-    mode, share = tta_plan(module.hparams, tta, rescore_top)
-    table.attrs.update(_attrs(module, mode=mode, share=share, version=__version__))
+    mode, share = tta_plan(module.hparams, tta, rescore_top, rescore_min)
+    table.attrs.update(_attrs(module, mode=mode, share=share, minimum=rescore_min, version=__version__))
     table.attrs["skipped"] = list(catalogue.skipped)
     if out is not None:
         table.attrs["catalogue"] = str(catalogue.path)

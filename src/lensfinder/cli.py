@@ -156,6 +156,8 @@ def predict(
     no_tta: bool = typer.Option(False, "--no-tta", help="one view for every object (= --tta none)"),
     rescore_top: float = typer.Option(0.01, help="with --tta top: the share of the best-scored objects re-scored "
                                                  "with the 8 views (0.01 = 1 %; 0: none)"),
+    rescore_min: int = typer.Option(1000, help="with --tta top: re-score at least this many objects (all of them when "
+                                               "fewer)"),
     device: str = typer.Option("auto"),
     num_workers: int = typer.Option(0, help="DataLoader worker processes reading (and cutting) the cutouts"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle"),
@@ -206,7 +208,7 @@ def predict(
 
         result = predict_survey(inputs, out, catalogue=catalogue, bands=[b.strip() for b in bands.split(",")] if bands
                                 else None, run=run, task=task, preset=preset, batch_size=batch_size, tta=tta,
-                                rescore_top=rescore_top, chunk_rows=chunk_size, parts=parts, accelerator=accelerator, devices=devices,
+                                rescore_top=rescore_top, rescore_min=rescore_min, chunk_rows=chunk_size, parts=parts, accelerator=accelerator, devices=devices,
                                 num_nodes=num_nodes, strategy=strategy, precision=precision, num_workers=num_workers,
                                 prevalence=prevalence, edge=edge, pixel_scale_arcsec=pixel_scale,
                                 shard=_parse_shard(shard) if shard else None, top=top, progress=progress)
@@ -228,7 +230,7 @@ def predict(
     if run is None and task is not None:  # the shipped weights that take these files (or were trained on --preset)
         run = shipped_for_inputs(task, inputs, preset=preset)
     catalogue = predict_catalog(inputs, out, run=run, task=task, batch_size=batch_size, tta=tta,
-                                rescore_top=rescore_top, device=device,
+                                rescore_top=rescore_top, rescore_min=rescore_min, device=device,
                                 num_workers=num_workers, allow_pickle=allow_pickle,
                                 band_suffixes=[b.strip() for b in bands.split(",")] if bands else None,
                                 shard=_parse_shard(shard) if shard else None, progress=progress,
@@ -257,12 +259,16 @@ def cutouts(
     preset: Optional[str] = typer.Option(None, help="require the pixel scale of this simulator preset (the model's)"),
     pixel_scale: Optional[float] = typer.Option(None, help="require this pixel scale (arcsec) instead"),
     edge: str = typer.Option("pad", help="a cutout running off its tile: pad (zeros, flagged) | skip (rejected)"),
+    class_names: Optional[str] = typer.Option(None, help="with a label column in the catalogue: the class names in "
+                                                         "label order, e.g. nonlens,lens (the cube's class_names)"),
 ):
-    """Cut catalogue objects out of FITS tiles into a cube (id, ra, dec, edge flags) for `lensfinder predict`."""
+    """Cut catalogue objects out of FITS tiles into a cube (id, ra, dec, edge flags) for `lensfinder predict`; a
+    catalogue with label (and split) columns gives a labelled cube for `lensfinder train --data`."""
     from .survey.engine import make_cutouts
 
     cube = make_cutouts(tiles, catalogue, out, bands=[b.strip() for b in bands.split(",")], size=size, preset=preset,
-                        pixel_scale_arcsec=pixel_scale, edge=edge)
+                        pixel_scale_arcsec=pixel_scale, edge=edge,
+                        class_names=[c.strip() for c in class_names.split(",")] if class_names else None)
     typer.echo(f"{cube.rows} cutout(s) written to {cube.path}")
     if cube.rejected:
         typer.secho(f"{cube.rejected} object(s) rejected, listed with the reason in {cube.rejected_path}", err=True,

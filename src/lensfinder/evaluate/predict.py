@@ -18,7 +18,7 @@ from ..metrics import log_odds
 from ..train.module import LensModule
 from ..train.run import load_model, versions
 from ..validation import FITS_SUFFIXES, InputError, as_chw, check_channels, load_npy, split_band_name
-from .inference import (DEFAULT_RESCORE_TOP, VIEWS, pick_device, rescore_count, scoring_module, softmax, top_indices,
+from .inference import (DEFAULT_RESCORE_MIN, DEFAULT_RESCORE_TOP, VIEWS, pick_device, rescore_count, scoring_module, softmax, top_indices,
                         tta_plan, view_logits)
 from .shipped import WEIGHTS_DIR, shipped_run, shipped_weights  # noqa: F401  (moved; importable from here)
 
@@ -217,8 +217,8 @@ def metadata_path_for(out: Path) -> Path:
 
 def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, task: str | None = None,
                     batch_size: int = 512, tta: bool | str | None = None, rescore_top: float = DEFAULT_RESCORE_TOP,
-                    device: str = "auto", num_workers: int = 0, allow_pickle: bool = False,
-                    band_suffixes: list[str] | None = None, shard: tuple[int, int] | None = None,
+                    rescore_min: int = DEFAULT_RESCORE_MIN, device: str = "auto", num_workers: int = 0,
+                    allow_pickle: bool = False, band_suffixes: list[str] | None = None, shard: tuple[int, int] | None = None,
                     progress: bool = False, prevalence: float | None = None, on_bad: str = "skip") -> Catalogue:
     """Write `out` (CSV): rank, path, p_<class> for each class, score, predicted, views; one row per object, keyed
     by its path (with `band_suffixes`, the object's name without the band suffix), ranked by `score`: the float64
@@ -226,7 +226,8 @@ def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, t
     at full precision. It never saturates where the probabilities round to 1, so ties are real ties.
 
     `tta` chooses the D4 views (`inference.tta_plan`): "top" (the lens finders' default) scores every object with
-    one view and re-scores the best-scored `rescore_top` share (default 1 %) with the 8 views; "all" (True) gives
+    one view and re-scores the best-scored `rescore_top` share (default 1 %, at least `rescore_min` objects: 1,000)
+    with the 8 views; "all" (True) gives
     every object the 8, "none" (False) one; None follows the model. `views` says what each row got (1 or 8).
 
     A cutout that cannot be read or does not fit the model (shape, channels, NaN pixels) is left out and
@@ -245,7 +246,7 @@ def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, t
         raise InputError(f"--batch-size {batch_size} / --num-workers {num_workers}: expected a batch size >= 1 "
                          "and a number of workers >= 0")
     module = resolve_model(run=run, task=task)
-    mode, share = tta_plan(module.hparams, tta, rescore_top)
+    mode, share = tta_plan(module.hparams, tta, rescore_top, rescore_min)
     if prevalence is not None and (module.hparams.num_classes != 2 or not module.hparams.get("calibration")):
         raise InputError("--prevalence needs a calibrated binary (lens-finding) model")
     if prevalence is not None and not 0 < prevalence < 1:
@@ -286,7 +287,7 @@ def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, t
     positive = 1 if len(class_names) == 2 else None
     views = np.full(len(indices), first_views, dtype=np.int64)
     if mode == "top":  # the second pass: the best-scored share again, with the 8 views
-        top = np.sort(top_indices(log_odds(logits, positive=positive), rescore_count(len(indices), share)))
+        top = np.sort(top_indices(log_odds(logits, positive=positive), rescore_count(len(indices), share, rescore_min)))
         chosen = [objects[indices[i]] for i in top]
         again, again_logits, _ = score_loader(scorer, loader(chosen), views=VIEWS, device=device, progress=progress,
                                               prevalence=prevalence, on_bad="skip", ids=[k for k, _ in chosen],
@@ -305,6 +306,7 @@ def predict_catalog(inputs: list[Path], out: Path, *, run: Path | None = None, t
     write_text_atomic(metadata_path_for(out), json.dumps(
         {**versions(), "model": str(run) if run is not None else f"shipped ({task})", "task": hp.task,
          "preset": hp.get("preset"), "tta": mode, "rescore_top": share if mode == "top" else None,
+         "rescore_min": rescore_min if mode == "top" else None,
          "rescored": int((views == VIEWS).sum()) if mode == "top" else 0, "prevalence": prevalence,
          "scored": int(len(indices)), "skipped": len(skipped)}, indent=1))
     listing = skipped_path_for(out)

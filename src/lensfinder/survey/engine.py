@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.layouts import atomic_path, write_text_atomic
-from ..evaluate.inference import DEFAULT_RESCORE_TOP, VIEWS, rescore_count, scoring_module, softmax, tta_plan, view_logits
+from ..evaluate.inference import DEFAULT_RESCORE_MIN, DEFAULT_RESCORE_TOP, VIEWS, rescore_count, scoring_module, softmax, tta_plan, view_logits
 from ..evaluate.shipped import shipped_weights
 from ..metrics import log_odds
 from ..train.run import load_model
@@ -303,9 +303,10 @@ def check_manifest(parts: Path, manifest: dict, *, write: bool) -> None:
         write_text_atomic(path, json.dumps(manifest, indent=1))
 
 
-def select_rescore(parts: Path, n_chunks: int, share: float, chunk_rows: int) -> tuple[np.ndarray, dict]:
+def select_rescore(parts: Path, n_chunks: int, share: float, chunk_rows: int,
+                   minimum: int = DEFAULT_RESCORE_MIN) -> tuple[np.ndarray, dict]:
     """Choose the rows of a two-pass run's second pass once the first pass is complete: the rescore_count(scored,
-    share) best-scored rows over all parts (score descending, ties by row, as the catalogue ranks), written sorted by
+    share, minimum) best-scored rows over all parts (score descending, ties by row, as the catalogue ranks), written sorted by
     row to <parts>/rescore.parquet, atomically, with the record of the choice; memory holds those rows only. An
     existing selection (a resumed second pass) is read back, not chosen again."""
     found = read_selection(parts)
@@ -313,7 +314,7 @@ def select_rescore(parts: Path, n_chunks: int, share: float, chunk_rows: int) ->
         return found
     paths = [Path(parts) / part_name(c) for c in range(n_chunks)]
     scored = sum(scored_rows(p) for p in paths)
-    k = rescore_count(scored, share)
+    k = rescore_count(scored, share, minimum)
     rows, scores, taken = [], [], 0
     if k:
         for block in ranked_blocks(paths, columns=["row", "score"]):
@@ -326,7 +327,7 @@ def select_rescore(parts: Path, n_chunks: int, share: float, chunk_rows: int) ->
     rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     scores = np.concatenate(scores) if scores else np.zeros(0)
     order = np.argsort(rows, kind="stable")
-    record = {"share": share, "scored": int(scored), "k": int(k), "rows_per_part": max(1, chunk_rows // VIEWS),
+    record = {"share": share, "minimum": int(minimum), "scored": int(scored), "k": int(k), "rows_per_part": max(1, chunk_rows // VIEWS),
               "views": VIEWS}
     table = pa.table({"row": pa.array(rows[order], pa.int64()), "score": pa.array(scores[order], pa.float64())})
     table = table.replace_schema_metadata({"lensfinder": json.dumps(record)})
@@ -362,7 +363,7 @@ def _trainer(*, accelerator: str, devices: str | int, num_nodes: int, strategy: 
 def predict_survey(inputs: list[Path], out: Path, *, catalogue: Path | None = None, bands: list[str] | None = None,
                    run: Path | None = None, task: str | None = None, preset: str | None = None, batch_size: int = 512,
                    tta: bool | str | None = None, rescore_top: float = DEFAULT_RESCORE_TOP,
-                   chunk_rows: int | None = DEFAULT_CHUNK_ROWS, parts: Path | None = None,
+                   rescore_min: int = DEFAULT_RESCORE_MIN, chunk_rows: int | None = DEFAULT_CHUNK_ROWS, parts: Path | None = None,
                    accelerator: str = "auto", devices: str | int = "auto", num_nodes: int = 1, strategy: str = "auto",
                    precision: str = "32-true", num_workers: int = 0, prevalence: float | None = None,
                    edge: str = "pad", pixel_scale_arcsec: float | None = None, shard: tuple[int, int] | None = None,
@@ -373,7 +374,7 @@ def predict_survey(inputs: list[Path], out: Path, *, catalogue: Path | None = No
     crash scores only the missing parts; `shard=(k, n)` scores only the chunks k, k+n, ... (one job of n).
 
     `tta` (`inference.tta_plan`): "top", the lens finders' default, scores every row with one view, then re-scores
-    the `rescore_top` share of the best-scored rows (default 1 %) with the 8 D4 views, as resumable rescore parts;
+    the `rescore_top` share of the best-scored rows (default 1 %, at least `rescore_min`: 1,000) with the 8 D4 views, as resumable rescore parts;
     "all" (True) gives every row the 8 views, "none" (False) one. The catalogue's `views` column says which."""
     out = Path(out)
     if not str(out).lower().endswith(CATALOGUE_SUFFIXES):
@@ -396,7 +397,7 @@ def predict_survey(inputs: list[Path], out: Path, *, catalogue: Path | None = No
                          f"trained for {task}")
     if prevalence is not None and (hp.num_classes != 2 or not hp.get("calibration")):
         raise InputError("--prevalence needs a calibrated binary (lens-finding) model")
-    mode, share = tta_plan(hp, tta, rescore_top)
+    mode, share = tta_plan(hp, tta, rescore_top, rescore_min)
     scale, expected_by = expected_pixel_scale(hp, pixel_scale_arcsec)
     source = open_source(inputs, catalogue=catalogue, bands=bands, size=hp.image_size, edge=edge,
                          pixel_scale_arcsec=scale, expected_by=expected_by)
@@ -410,6 +411,7 @@ def predict_survey(inputs: list[Path], out: Path, *, catalogue: Path | None = No
     version = _sha256(weights)[:16]
     manifest = {"format": PARTS_FORMAT, "source": source.description, "model": hp.model_name, "model_version": version,
                 "class_names": list(hp.class_names), "tta": mode, "rescore_top": share if mode == "top" else None,
+                "rescore_min": int(rescore_min) if mode == "top" else None,
                 "prevalence": prevalence, "chunk_rows": chunk_rows, "rows": source.n, "chunks": n_chunks}
     writer = PartWriter(parts, class_names=list(hp.class_names), model=hp.model_name, version=version)
     trainer = _trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
@@ -427,7 +429,7 @@ def predict_survey(inputs: list[Path], out: Path, *, catalogue: Path | None = No
     rescored, merged = 0, None
     if shard is None and mode == "top":  # the second pass, once every first-pass part is written
         if chief:
-            select_rescore(parts, n_chunks, share, chunk_rows)
+            select_rescore(parts, n_chunks, share, chunk_rows, rescore_min)
         trainer.strategy.barrier()
         rows, record = read_selection(parts)
         rescored = len(rows)
@@ -456,10 +458,11 @@ class CutoutCube:
 
 def make_cutouts(tiles: list[Path], catalogue: Path, out: Path, *, bands: list[str], size: int | None = None,
                  preset: str | None = None, pixel_scale_arcsec: float | None = None, edge: str = "pad",
-                 progress: bool = False) -> CutoutCube:
+                 class_names: list[str] | None = None, progress: bool = False) -> CutoutCube:
     """Cut every catalogue object out of per-band FITS tiles into a cube (`out`: .h5, .hdf5 or .zarr) for reuse,
     checking the tiles' pixel scale against `preset` (or `pixel_scale_arcsec`); the rows that cannot be cut are
-    listed with the reason in <out>.rejected.csv."""
+    listed with the reason in <out>.rejected.csv. A catalogue with `label` (and `split`) columns makes a labelled
+    cube for `lensfinder train` (`data.cubes`): they are copied, with `class_names` and `preset` as attributes."""
     import csv
 
     expected, by = (float(pixel_scale_arcsec), "--pixel-scale") if pixel_scale_arcsec is not None else (None, "")
@@ -471,7 +474,13 @@ def make_cutouts(tiles: list[Path], catalogue: Path, out: Path, *, bands: list[s
         size = size or int(values["num_pix"])
     source = open_source(tiles, catalogue=catalogue, bands=bands, size=size or 64, edge=edge,
                          pixel_scale_arcsec=expected, expected_by=by)
-    rows, rejected = write_cube(source, out, progress=progress)
+    attrs = {"preset": preset} if preset is not None else {}
+    if class_names is not None:
+        if "label" not in source.catalogue.extra_columns:
+            raise InputError(f"--class-names names the classes of a label column, which {catalogue} does not have; "
+                             "add a 'label' column (integer class indices) or drop --class-names")
+        attrs["class_names"] = json.dumps(list(class_names))
+    rows, rejected = write_cube(source, out, progress=progress, attrs=attrs)
     listing = Path(out).with_name(f"{Path(out).name}.rejected.csv")
     if rejected:
         with atomic_path(listing) as tmp, open(tmp, "w", newline="") as handle:

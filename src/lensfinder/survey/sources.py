@@ -46,6 +46,7 @@ class Block:
     padded_fraction: np.ndarray
     reasons: list[str] = field(default_factory=list)
     rows: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # a catalogue's label / split columns, when it has them
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -179,10 +180,12 @@ class CubeSource:
 
 class CatalogueTable:
     """The id, ra, dec columns (names matched without case; `object_id` also names the id) of a Parquet, CSV or FITS
-    table, read by row range. Parquet is read row group by row group and FITS memory-mapped; a CSV is read whole into
-    Arrow columns (fine to ~10^7 rows: convert larger catalogues to Parquet)."""
+    table, read by row range, and its `label` and `split` columns when it has them (copied into a cube by
+    `lensfinder cutouts`, for training). Parquet is read row group by row group and FITS memory-mapped; a CSV is read
+    whole into Arrow columns (fine to ~10^7 rows: convert larger catalogues to Parquet)."""
 
     ID_NAMES = ("id", "object_id", "objid")
+    EXTRA = ("label", "split")
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -224,7 +227,9 @@ class CatalogueTable:
         if id_name is None or "ra" not in lowered or "dec" not in lowered:
             raise InputError(f"{self.path}: expected columns id, ra, dec (degrees), found {', '.join(columns)}; rename "
                              "the columns (any case; object_id also names the id)")
-        self.columns = {"id": id_name, "ra": lowered["ra"], "dec": lowered["dec"]}
+        self.columns = {"id": id_name, "ra": lowered["ra"], "dec": lowered["dec"],
+                        **{name: lowered[name] for name in self.EXTRA if name in lowered}}
+        self.extra_columns = tuple(name for name in self.EXTRA if name in self.columns)
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
         if hasattr(self, "_parquet"):
@@ -242,8 +247,7 @@ class CatalogueTable:
         else:
             part = self._fits[start:stop]
             columns = {k: np.asarray(part[c]) for k, c in self.columns.items()}
-        return {"id": _strings(columns["id"]), "ra": np.asarray(columns["ra"], np.float64),
-                "dec": np.asarray(columns["dec"], np.float64)}
+        return self._typed(columns)
 
     def read_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The id, ra, dec of rows `rows` (sorted, distinct)."""
@@ -262,8 +266,22 @@ class CatalogueTable:
         else:
             part = self._fits[rows]
             columns = {k: np.asarray(part[c]) for k, c in self.columns.items()}
-        return {"id": _strings(columns["id"]), "ra": np.asarray(columns["ra"], np.float64),
-                "dec": np.asarray(columns["dec"], np.float64)}
+        return self._typed(columns)
+
+    def _typed(self, columns: dict) -> dict[str, np.ndarray]:
+        out = {"id": _strings(columns["id"]), "ra": np.asarray(columns["ra"], np.float64),
+               "dec": np.asarray(columns["dec"], np.float64)}
+        if "split" in columns:
+            out["split"] = _strings(columns["split"])
+        if "label" in columns:
+            label = np.asarray(columns["label"])
+            if label.dtype.kind == "f" and np.all(np.isfinite(label)) and np.all(label == np.round(label)):
+                label = label.astype(np.int64)
+            if label.dtype.kind not in "iub":
+                raise InputError(f"{self.path}: column {self.columns['label']!r} holds {label.dtype} values; a label "
+                                 "column holds integer class indices (0 non-lens, 1 lens for lens finding)")
+            out["label"] = label.astype(np.int64)
+        return out
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_cache"} | {"_cache": None}
@@ -442,13 +460,18 @@ class TileSource:
                 edge[i], padded[i] = True, share
             for band, plane in enumerate(self._planes(index)):
                 images[i, band, ya - y0: yb - y0, xa - x0: xb - x0] = plane[ya:yb, xa:xb]
+        extra = {name: rows[name] for name in self.catalogue.extra_columns}
         return _reject_bad_pixels(Block(start, images, rows["id"], rows["ra"], rows["dec"], edge, padded, reasons,
-                                        numbers))
+                                        numbers, extra))
 
 
-def write_cube(source, out: Path, *, chunk_rows: int = 4096, progress: bool = False) -> tuple[int, list[tuple]]:
+def write_cube(source, out: Path, *, chunk_rows: int = 4096, progress: bool = False,
+               attrs: dict | None = None) -> tuple[int, list[tuple]]:
     """Write the cutouts of `source` that can be scored as a cube (`.h5`/`.hdf5` or `.zarr`, see `CubeSource`),
-    block by block, atomically; returns (rows written, [(id, ra, dec, reason)] of those rejected)."""
+    block by block, atomically, with the catalogue's label and split columns when it has them (a labelled cube for
+    training, `data.cubes`) and `attrs` as attributes; returns (rows written, [(id, ra, dec, reason)] of those
+    rejected)."""
+    extra = tuple(getattr(getattr(source, "catalogue", None), "extra_columns", ()))
     out = Path(out)
     if not is_cube(out):
         raise InputError(f"{out}: unsupported cube type; expected one of {', '.join(CUBE_SUFFIXES)}")
@@ -466,7 +489,9 @@ def write_cube(source, out: Path, *, chunk_rows: int = 4096, progress: bool = Fa
             arrays = {"images": store.create_array("images", shape=(0, *shape), chunks=(256, *shape), dtype="float32"),
                       "id": store.create_array("id", shape=(0,), chunks=(65536,), dtype=str),
                       **{k: store.create_array(k, shape=(0,), chunks=(65536,), dtype=t) for k, t in
-                         (("ra", "float64"), ("dec", "float64"), ("edge", "bool"), ("padded_fraction", "float32"))}}
+                         (("ra", "float64"), ("dec", "float64"), ("edge", "bool"), ("padded_fraction", "float32"),
+                          *((("label", "int64"),) if "label" in extra else ()),
+                          *((("split", str),) if "split" in extra else ()))}}
         else:
             import h5py
 
@@ -475,16 +500,23 @@ def write_cube(source, out: Path, *, chunk_rows: int = 4096, progress: bool = Fa
                                                      chunks=(min(256, max(source.n, 1)), *shape), dtype="float32"),
                       "id": store.create_dataset("id", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=True),
                       **{k: store.create_dataset(k, shape=(0,), maxshape=(None,), dtype=t, chunks=True) for k, t in
-                         (("ra", "float64"), ("dec", "float64"), ("edge", "bool"), ("padded_fraction", "float32"))}}
+                         (("ra", "float64"), ("dec", "float64"), ("edge", "bool"), ("padded_fraction", "float32"),
+                          *((("label", "int64"),) if "label" in extra else ()),
+                          *((("split", h5py.string_dtype()),) if "split" in extra else ()))}}
         if source.pixel_scale_arcsec:
             store.attrs["pixel_scale_arcsec"] = float(source.pixel_scale_arcsec)
+        for key, value in (attrs or {}).items():
+            store.attrs[key] = value
         try:
             for start in range(0, source.n, chunk_rows):
                 block = source.read(start, min(start + chunk_rows, source.n))
                 good = np.array([not r for r in block.reasons], bool)
                 rejected += [(block.ids[i], block.ra[i], block.dec[i], block.reasons[i]) for i in np.flatnonzero(~good)]
                 values = {"images": block.images[good], "id": block.ids[good].astype(str), "ra": block.ra[good],
-                          "dec": block.dec[good], "edge": block.edge[good], "padded_fraction": block.padded_fraction[good]}
+                          "dec": block.dec[good], "edge": block.edge[good], "padded_fraction": block.padded_fraction[good],
+                          **{name: block.extra[name][good] for name in extra}}
+                if "split" in values:
+                    values["split"] = values["split"].astype(str)
                 count = int(good.sum())
                 for name, array in arrays.items():
                     array.resize((written + count, *array.shape[1:]))
