@@ -142,7 +142,9 @@ def rescore_jobs(rows: np.ndarray, per_part: int) -> list[Job]:
 
 class JobBatches(Dataset):
     """The batches of the jobs one rank runs: item i reads one batch of rows of one job from the source (a row range
-    as one read; a second pass's scattered rows through `read_rows`)."""
+    as one read; a second pass's scattered rows through `read_rows`). On 2 CPU cores reading in the scoring process
+    is fastest (a reading thread or worker process only takes the cores from the network; measured); with spare
+    cores (a GPU to feed), --num-workers N reads ahead in N processes."""
 
     def __init__(self, source, jobs: list[Job], *, batch_size: int):
         self.source = source

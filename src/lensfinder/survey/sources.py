@@ -443,7 +443,13 @@ class TileSource:
         images = np.zeros((n, self.channels, size, size), np.float32)
         edge, padded, reasons = np.zeros(n, bool), np.zeros(n, np.float32), [""] * n
         chosen, x0s, y0s, inside = self.locate(rows["ra"], rows["dec"])
-        for i in range(n):
+        whole = inside & (chosen >= 0)
+        for index in np.unique(chosen[whole]):  # cutouts wholly on a tile: one gather per tile and band
+            on = np.flatnonzero(whole & (chosen == index))
+            for band, plane in enumerate(self._planes(int(index))):
+                windows = np.lib.stride_tricks.sliding_window_view(plane, (size, size))
+                images[on, band] = windows[y0s[on], x0s[on]]
+        for i in np.flatnonzero(~whole):  # on no tile, or on a tile's edge: one at a time
             index = chosen[i]
             if index < 0:
                 reasons[i] = f"(ra, dec) = ({rows['ra'][i]:.6f}, {rows['dec'][i]:.6f}) lies on no tile"
