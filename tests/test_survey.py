@@ -285,3 +285,17 @@ def test_the_preset_pixel_scale_is_read_without_the_simulator_and_parts_default_
     for name in list_presets():
         assert preset_pixel_scale(name) == float(load_preset(name)["pixel_scale_arcsec"]), name
     assert [auto_chunk_rows(n) for n in (10, 20_000, 200_000, 10**6, 10**8)] == [1024, 1024, 1024, 4096, MAX_CHUNK_ROWS]
+
+
+def test_more_parts_than_may_be_open_merge_in_rounds_to_the_same_catalogue(survey, tmp_path, monkeypatch):
+    import lensfinder.survey.merge as merge
+
+    parts = survey["root"] / "reference.parquet.parts"  # 15 parts, and their rescore parts
+    whole = merge_parts(parts, tmp_path / "whole.parquet")
+    monkeypatch.setattr(merge, "MAX_OPEN_PARTS", 4)  # 4 at a time: runs of runs
+    rounds = merge_parts(parts, tmp_path / "rounds.parquet", memory_rows=64)
+    assert rounds.rows == whole.rows == 600
+    assert table_rows(rounds.path) == table_rows(whole.path) == survey["reference"]
+    assert not list(parts.glob(".merge-*"))  # the runs are removed
+    top = merge_parts(parts, tmp_path / "top.parquet", top=7)
+    assert table_rows(top.path) == survey["reference"][:7]

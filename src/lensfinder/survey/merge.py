@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from ..validation import InputError
 
 CATALOGUE_SUFFIXES = (".parquet", ".csv", ".fits")
-MERGE_MEMORY_ROWS = 1 << 22  # rows buffered over all parts together while merging (~0.5 GB at most)
+MERGE_MEMORY_ROWS = 1 << 20  # rows buffered over all parts together while merging (~150 MB at most)
+MAX_OPEN_PARTS = 512  # parts one merge reads at once; more are merged in rounds, through sorted temporary runs
 REJECTED_COLUMNS = ("row", "id", "ra", "dec", "reason")
 RESCORE_SELECTION = "rescore.parquet"  # the rows the second pass re-scores (row, first-pass score), sorted by row
 
@@ -199,14 +200,50 @@ def scored_rows(path: Path) -> int:
     return total
 
 
+def open_parts_limit() -> int:
+    """How many parts one merge reads at once: MAX_OPEN_PARTS, or fewer when this process may open fewer files
+    (each part read holds its file open; half the soft limit, less a margin)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):
+        soft = 1024
+    if soft == getattr(__import__("resource"), "RLIM_INFINITY", -1) or soft < 0:
+        return MAX_OPEN_PARTS
+    return max(2, min(MAX_OPEN_PARTS, soft // 2 - 32))
+
+
 def ranked_blocks(paths: list[Path], *, columns: list[str] | None = None, exclude: np.ndarray | None = None,
                   replacements: list[Path] = (), memory_rows: int = MERGE_MEMORY_ROWS) -> Iterator[pa.Table]:
     """The scored rows of `paths` (parts sorted by score, descending) less the rows in `exclude`, and those of
     `replacements` (the rescore parts, whose rows `exclude` lists), in blocks in rank order: score descending, ties
-    by row. Memory: `memory_rows` rows over all parts together."""
-    batch_rows = max(256, memory_rows // max(len(paths) + len(replacements), 1))
-    buffers = [_Part(p, batch_rows, columns=columns, exclude=exclude) for p in paths]
-    buffers += [_Part(p, batch_rows, columns=columns) for p in replacements]
+    by row. Memory: `memory_rows` rows over all parts together. More parts than `open_parts_limit()` are merged in
+    groups into sorted runs (temporary Parquet files beside the parts), which are then merged in turn."""
+    streams = [(Path(p), exclude) for p in paths] + [(Path(p), None) for p in replacements]
+    limit = open_parts_limit()
+    if len(streams) <= limit:
+        yield from _ranked(streams, columns, memory_rows)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=streams[0][0].parent, prefix=".merge-") as scratch:
+        runs = []
+        for start in range(0, len(streams), limit):
+            run, writer = Path(scratch) / f"run-{len(runs):06d}.parquet", None
+            for block in _ranked(streams[start:start + limit], columns, memory_rows):
+                writer = writer or pq.ParquetWriter(run, block.schema)
+                writer.write_table(block)
+            if writer is not None:
+                writer.close()
+                runs.append(run)
+        yield from ranked_blocks(runs, memory_rows=memory_rows)
+
+
+def _ranked(streams: list[tuple[Path, np.ndarray | None]], columns: list[str] | None,
+            memory_rows: int) -> Iterator[pa.Table]:
+    batch_rows = max(256, memory_rows // max(len(streams), 1))
+    buffers = [_Part(p, batch_rows, columns=columns, exclude=excluded) for p, excluded in streams]
     active = [b for b in buffers if b.refill()]
     while active:
         threshold = max(b.scores[-1] for b in active)  # no unread row of any part scores above it
