@@ -196,7 +196,7 @@ def predict(
     --rescore-top share (1 %) again with the 8 D4 views; the `views` column says which rows got the average."""
     from .evaluate.predict import predict_catalog
     from .evaluate.shipped import shipped_for_inputs
-    from .survey.sources import is_cube
+    from .data.cutouts import is_cube
 
     if no_tta:
         if tta not in (None, "none"):

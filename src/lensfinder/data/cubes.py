@@ -44,7 +44,7 @@ LABEL, SPLIT = "label", "split"
 
 
 def _cube_suffix(path: Path) -> bool:
-    from ..survey.sources import is_cube
+    from .cutouts import is_cube
 
     return is_cube(path)
 
@@ -86,7 +86,7 @@ class LabelledCubes:
     the labels and split of every row (a few bytes a row), never the pixels."""
 
     def __init__(self, path: Path, task: str):
-        from ..survey.sources import CubeSource, _strings
+        from .cutouts import CubeSource, strings as _strings
 
         check_task(task)
         files = cube_files(Path(path))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +16,10 @@ from ..data.layouts import atomic_write, write_text_atomic
 from ..metrics import log_odds
 from ..train.module import LensModule
 from ..train.run import load_model, versions
-from ..validation import FITS_SUFFIXES, InputError, as_chw, check_channels, load_npy, split_band_name
+from ..validation import InputError, check_channels
 from .inference import (DEFAULT_RESCORE_MIN, DEFAULT_RESCORE_TOP, VIEWS, pick_device, rescore_count, scoring_module, softmax, top_indices,
                         tta_plan, view_logits)
+from ..data.cutouts import expand_inputs, group_bands, is_fits as _is_fits, read_cutout, read_fits  # noqa: F401  (moved; importable from here)
 from .shipped import WEIGHTS_DIR, shipped_run, shipped_weights  # noqa: F401  (moved; importable from here)
 
 NPY_SUFFIXES = (".npy",)
@@ -37,93 +37,6 @@ def resolve_model(*, run: Path | None = None, task: str | None = None) -> LensMo
     if task is not None:
         return load_model(shipped_weights(task))
     raise InputError("say which model scores the cutouts: --run RUN_FOLDER, or --task TASK for the shipped weights")
-
-
-def _is_fits(path: Path) -> bool:
-    return path.name.lower().endswith(FITS_SUFFIXES)
-
-
-def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files as given, and every .npy / FITS file below each folder, sorted; anything else is refused."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith(".")
-                           and (p.suffix == ".npy" or _is_fits(p)))
-            if not found:
-                raise InputError(f"{item}: folder holds no .npy or FITS files")
-            files += found
-        elif item.is_file():
-            if not (item.suffix == ".npy" or _is_fits(item)):
-                raise InputError(f"{item}: unsupported file type; expected .npy or FITS ({', '.join(FITS_SUFFIXES)}), "
-                                 "or one cutout cube (.h5, .hdf5, .zarr) given alone, or FITS tiles with --catalogue")
-            files.append(item)
-        else:
-            raise InputError(f"{item}: no such file or folder")
-    return files
-
-
-def group_bands(files: list[Path], band_suffixes: list[str]) -> list[tuple[str, list[Path]]]:
-    """Group one-file-per-band FITS cutouts NAME_<band>.fits into objects, bands in the given order."""
-    groups: dict[str, dict[str, Path]] = {}
-    for path in files:
-        key, band = split_band_name(path, band_suffixes)
-        if band is None:
-            raise InputError(f"{path}: name does not end in _<band> for any band of {band_suffixes}")
-        groups.setdefault(key, {})[band] = path
-    out = []
-    for key, bands in sorted(groups.items()):
-        missing = [b for b in band_suffixes if b not in bands]
-        if missing:
-            raise InputError(f"{key}: band file(s) missing for band(s) {', '.join(missing)}")
-        out.append((key, [bands[b] for b in band_suffixes]))
-    return out
-
-
-def read_fits(path: Path) -> np.ndarray:
-    """The first image HDU of a FITS file with 2 or 3 axes (leading axes of length 1 dropped), as float32.
-    Empty primaries, tables and 1-D HDUs are passed over; anything unreadable is an `InputError` naming the file."""
-    from astropy.io import fits
-
-    passed_over = []
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-            with fits.open(path, memmap=False) as hdus:
-                for number, hdu in enumerate(hdus):
-                    data = hdu.data if hdu.is_image else None
-                    if data is None:
-                        passed_over.append(f"HDU {number}: {'no data' if hdu.is_image else type(hdu).__name__}")
-                        continue
-                    while data.ndim > 3 and data.shape[0] == 1:
-                        data = data[0]
-                    if data.ndim in (2, 3):
-                        with np.errstate(over="ignore"):  # beyond float32: inf, which as_chw refuses by name
-                            return np.array(data, dtype=np.float32)
-                    passed_over.append(f"HDU {number}: image of shape {hdu.data.shape}")
-    except Exception as err:  # astropy raises assorted errors on a truncated or corrupt file
-        raise InputError(f"{path}: unreadable FITS file ({type(err).__name__}: {err}); check that the file is "
-                         "complete and is a FITS image") from None
-    raise InputError(f"{path}: expected an image HDU of shape (H, W) or (C, H, W), found {'; '.join(passed_over) or 'no HDU'}; "
-                     "write one cutout per file as a 2-D or 3-D image")
-
-
-def read_cutout(paths: list[Path], *, allow_pickle: bool = False) -> np.ndarray:
-    """One object as float32 (C, H, W): a .npy or FITS file, or one single-band FITS file per band."""
-    if len(paths) == 1:
-        path = paths[0]
-        return as_chw(read_fits(path) if _is_fits(path) else load_npy(path, allow_pickle=allow_pickle), path)
-    planes = []
-    for path in paths:
-        plane = as_chw(read_fits(path), path)
-        if plane.shape[0] != 1:
-            raise InputError(f"{path}: expected one band per file with --bands, found {plane.shape[0]} planes "
-                             f"(shape {plane.shape}); drop --bands to read the file as one multi-band cutout")
-        if planes and plane.shape != planes[0].shape:
-            raise InputError(f"{path}: expected {planes[0].shape[1]}x{planes[0].shape[2]} pixels like {paths[0].name}, "
-                             f"found {plane.shape[1]}x{plane.shape[2]}; every band of an object needs the same size")
-        planes.append(plane)
-    return np.concatenate(planes)
 
 
 class CutoutDataset(Dataset):

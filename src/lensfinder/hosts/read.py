@@ -13,17 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluate.predict import expand_inputs, group_bands, read_cutout, read_fits
-from ..survey.sources import CubeSource, is_cube
+from ..data.cutouts import CubeSource, expand_inputs, group_bands, is_cube, is_fits, read_cutout, read_fits
 from ..validation import FITS_SUFFIXES, InputError, as_chw, load_npy, split_band_name
 
 PSF_SUFFIXES = (".npy", *FITS_SUFFIXES)
 CATALOGUE_SUFFIXES = (".csv", ".parquet")
 CATALOGUE_KEYS = ("id", "object_id", "file", "path", "filename")
-
-
-def _is_fits(path: Path) -> bool:
-    return path.name.lower().endswith(FITS_SUFFIXES)
 
 
 def _stem(path: Path) -> str:
@@ -53,11 +48,11 @@ class HostSet:
         elif self.source.is_dir():
             self._cube = None
             files = expand_inputs([self.source])
-            fits_files = [f for f in files if _is_fits(f)]
+            fits_files = [f for f in files if is_fits(f)]
             per_band = bool(fits_files) and all(split_band_name(f, self.bands)[1] for f in fits_files)
             objects = ([(key, paths) for key, paths in group_bands(fits_files, self.bands)] if per_band else
                        [(str(f.parent / _stem(f)), [f]) for f in fits_files])
-            objects += [(str(f.parent / _stem(f)), [f]) for f in files if not _is_fits(f)]
+            objects += [(str(f.parent / _stem(f)), [f]) for f in files if not is_fits(f)]
             entries = [(Path(key).relative_to(self.source).as_posix(), paths, None) for key, paths in objects]
             self.pixel_scale_arcsec = None
         else:
@@ -120,7 +115,7 @@ class HostSet:
 def _read_plane(path: Path) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"{path}: no such PSF file")
-    array = read_fits(path) if _is_fits(path) else load_npy(path) if path.suffix == ".npy" else None
+    array = read_fits(path) if is_fits(path) else load_npy(path) if path.suffix == ".npy" else None
     if array is None:
         raise InputError(f"{path}: unsupported PSF file type; expected one of {', '.join(PSF_SUFFIXES)}")
     image = as_chw(array, path)

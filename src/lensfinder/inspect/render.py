@@ -20,13 +20,9 @@ KINDS = ("composite", "band", "residual", "difference")
 
 
 def read_image(files: list[Path]) -> np.ndarray:
-    """A cutout as float32 (C, H, W): a .npy file through the validation module's reader, FITS (one file, or one
-    per band) through predict's; an unreadable or malformed cutout is an `InputError` naming the file."""
-    if len(files) == 1 and files[0].suffix == ".npy":
-        from ..validation import as_chw, load_npy
-
-        return as_chw(load_npy(files[0]), files[0])
-    from ..evaluate.predict import read_cutout  # imports torch: only for FITS cutouts
+    """A cutout as float32 (C, H, W): a .npy or FITS file, or one FITS file per band (`data.cutouts.read_cutout`); an
+    unreadable or malformed cutout is an `InputError` naming the file."""
+    from ..data.cutouts import read_cutout
 
     return read_cutout(files)
 

@@ -9,173 +9,17 @@ import math
 import os
 import shutil
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..data.cutouts import CUBE_SUFFIXES, Block, CubeSource, is_cube, lower_path as _lower, reject_bad_pixels as _reject_bad_pixels, strings as _strings  # noqa: F401
 from ..validation import FITS_SUFFIXES, InputError, split_band_name
 
-CUBE_SUFFIXES = (".h5", ".hdf5", ".zarr")
 CATALOGUE_SUFFIXES = (".parquet", ".csv", *FITS_SUFFIXES)
 EDGE_RULES = ("pad", "skip")  # an object whose cutout runs off its tile: zero-padded and flagged, or rejected
 PIXEL_SCALE_TOLERANCE = 0.01  # relative: a tile whose pixels differ from the model's by more is refused
-
-
-def _lower(path: Path | str) -> str:
-    return str(path).lower().rstrip("/")
-
-
-def is_cube(path: Path | str) -> bool:
-    return _lower(path).endswith(CUBE_SUFFIXES)
-
-
-@dataclass
-class Block:
-    """Rows [start, stop) of a source: float32 images (n, C, H, W) (zeros where a row could not be cut), the id, ra
-    and dec of each row (NaN when the source has none), whether its cutout was padded at a tile edge (and which
-    share of its pixels), and the reason it cannot be scored ("" when it can). `rows`: the source row of each (None:
-    start, start + 1, ...)."""
-
-    start: int
-    images: np.ndarray
-    ids: np.ndarray
-    ra: np.ndarray
-    dec: np.ndarray
-    edge: np.ndarray
-    padded_fraction: np.ndarray
-    reasons: list[str] = field(default_factory=list)
-    rows: np.ndarray | None = None
-    extra: dict[str, np.ndarray] = field(default_factory=dict)  # a catalogue's label / split columns, when it has them
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def row_numbers(self) -> np.ndarray:
-        return self.rows if self.rows is not None else self.start + np.arange(len(self), dtype=np.int64)
-
-
-def _strings(values) -> np.ndarray:
-    values = np.asarray(values)
-    if values.dtype.kind in "SOT":  # bytes (HDF5), objects, numpy StringDType (Zarr)
-        return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
-    return values.astype(str).astype(object)
-
-
-def _reject_bad_pixels(block: Block) -> Block:
-    """NaN or infinite pixels (masked regions, a corrupt chunk) reject the row, naming how many."""
-    finite = np.isfinite(block.images).reshape(len(block), -1)
-    if finite.all():
-        return block
-    bad = (~finite).sum(1)
-    for i in np.flatnonzero(bad):
-        if not block.reasons[i]:
-            block.reasons[i] = f"{int(bad[i])} pixel(s) are NaN or infinite (masked or missing data)"
-            block.images[i] = 0.0
-    return block
-
-
-class CubeSource:
-    """A cutout cube: an HDF5 file or a Zarr group holding `images` (N, C, H, W) and `id` (N,), optionally `ra`,
-    `dec` (N,), `edge`, `padded_fraction` (written by `lensfinder cutouts`) and the attribute `pixel_scale_arcsec`.
-    Read in row ranges; the file is opened lazily in each process (DataLoader workers, DDP ranks)."""
-
-    kind = "cube"
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise InputError(f"{self.path}: no such cube (expected an HDF5 file or a Zarr folder)")
-        self._handle, self._pid = None, None
-        store = self._store()
-        if "images" not in store or "id" not in store:
-            found = ", ".join(sorted(store.keys())) or "nothing"
-            raise InputError(f"{self.path}: expected a cube with arrays 'images' (N, C, H, W) and 'id' (N,), found "
-                             f"{found}; write one with `lensfinder cutouts` or with h5py/zarr under those names")
-        images = store["images"]
-        if len(images.shape) != 4 or images.shape[2] != images.shape[3]:
-            raise InputError(f"{self.path}: 'images' must have shape (N, C, H, W) with H = W, found {tuple(images.shape)}; "
-                             "store channels first, one square cutout per row")
-        self.n, self.channels, self.size = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
-        for name in ("id", "ra", "dec", "edge", "padded_fraction"):
-            if name in store and tuple(store[name].shape) != (self.n,):
-                raise InputError(f"{self.path}: '{name}' has shape {tuple(store[name].shape)}, expected ({self.n},) "
-                                 "like the first axis of 'images'")
-        scale = dict(store.attrs).get("pixel_scale_arcsec")
-        self.pixel_scale_arcsec = float(scale) if scale is not None else None
-        self.has_position = "ra" in store and "dec" in store
-        self._optional = [name for name in ("ra", "dec", "edge", "padded_fraction") if name in store]
-        self.description = {"kind": "cube", "path": str(self.path.resolve()), "rows": self.n,
-                            "shape": [self.channels, self.size, self.size]}
-
-    def _store(self):
-        if self._pid != os.getpid():
-            if _lower(self.path).endswith(".zarr"):
-                import zarr
-
-                try:
-                    self._handle = zarr.open_group(str(self.path), mode="r")
-                except Exception as err:  # zarr raises assorted errors on a folder that is not a group
-                    raise InputError(f"{self.path}: not a readable Zarr group ({type(err).__name__}: {err})") from None
-            else:
-                import h5py
-
-                try:
-                    self._handle = h5py.File(self.path, "r")
-                except OSError as err:
-                    raise InputError(f"{self.path}: not a readable HDF5 file ({err})") from None
-            self._pid = os.getpid()
-        return self._handle
-
-    def __getstate__(self):  # a DataLoader worker or a spawned process reopens the file itself
-        return {**self.__dict__, "_handle": None, "_pid": None}
-
-    def read(self, start: int, stop: int) -> Block:
-        store, n = self._store(), stop - start
-        reasons = [""] * n
-        try:
-            images = np.asarray(store["images"][start:stop], dtype=np.float32)
-        except Exception as err:  # a corrupt chunk rejects its rows, not the run
-            images = np.zeros((n, self.channels, self.size, self.size), np.float32)
-            reasons = [f"unreadable cube rows {start}-{stop - 1} ({type(err).__name__}: {err})"] * n
-        columns = {name: store[name][start:stop] for name in ("id", *self._optional)}
-        return self._block(start, None, images, columns, reasons)
-
-    def storage_rows(self) -> int:
-        """Rows per storage chunk of 'images' (1 for a contiguous HDF5 dataset): reading one row costs one chunk."""
-        chunks = getattr(self._store()["images"], "chunks", None)
-        return int(chunks[0]) if chunks else 1
-
-    def read_rows(self, rows: np.ndarray) -> Block:
-        """The rows `rows` (sorted, distinct), read one storage chunk at a time: the rows of a chunk are read as the
-        span between the first and the last of them, so each chunk holding any is read once."""
-        store, rows = self._store(), np.asarray(rows, dtype=np.int64)
-        n, per_chunk = len(rows), self.storage_rows()
-        images = np.zeros((n, self.channels, self.size, self.size), np.float32)
-        columns = {name: [] for name in ("id", *self._optional)}
-        reasons = [""] * n
-        groups = np.flatnonzero(np.diff(rows // per_chunk)) + 1
-        for index in np.split(np.arange(n), groups) if n else []:
-            first, last = int(rows[index[0]]), int(rows[index[-1]])
-            take = rows[index] - first
-            try:
-                images[index] = np.asarray(store["images"][first:last + 1], dtype=np.float32)[take]
-            except Exception as err:  # a corrupt chunk rejects its rows, not the run
-                for i in index:
-                    reasons[i] = f"unreadable cube rows {first}-{last} ({type(err).__name__}: {err})"
-            for name in columns:
-                columns[name].append(np.asarray(store[name][first:last + 1])[take])
-        joined = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in columns.items()}
-        return self._block(int(rows[0]) if n else 0, rows, images, joined, reasons)
-
-    def _block(self, start: int, rows: np.ndarray | None, images: np.ndarray, columns: dict, reasons: list[str]) -> Block:
-        n = len(images)
-        block = Block(start, images, _strings(columns["id"]),
-                      np.asarray(columns.get("ra", np.full(n, np.nan)), np.float64),
-                      np.asarray(columns.get("dec", np.full(n, np.nan)), np.float64),
-                      np.asarray(columns.get("edge", np.zeros(n, bool)), bool),
-                      np.asarray(columns.get("padded_fraction", np.zeros(n, np.float32)), np.float32), reasons, rows)
-        return _reject_bad_pixels(block)
 
 
 class CatalogueTable:
