@@ -207,3 +207,20 @@ def test_import_is_light():
     code = "import sys, lensfinder; print(sorted(m for m in ('torch', 'lightning', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_preset_is_served_by_the_weights_measured_on_it_and_a_stand_in_is_never_guessed(tmp_path):
+    from lensfinder.shipped import WEIGHTS_DIR, serving_weights, shipped_weights
+
+    assert shipped_weights("substructure", preset="deeplense-model-i").name == serving_weights()["deeplense-model-i"]
+    assert shipped_weights("substructure", preset="deeplense-model-iii").name == "substructure.safetensors"
+    with pytest.raises(InputError, match="no shipped weights.*deeplense-model-i, size 64"):
+        shipped_weights("substructure", preset="deeplense-model-i", size=64)  # the stand-in takes 150 x 150 only
+    # a folder without serves.yaml: only the weights trained on the preset itself
+    bare = tmp_path / "weights"
+    bare.mkdir()
+    (bare / "substructure-deeplense-common-test-i.safetensors").write_bytes(
+        (WEIGHTS_DIR / "substructure-deeplense-common-test-i.safetensors").read_bytes())
+    with pytest.raises(InputError, match="no shipped weights.*preset deeplense-model-i"):
+        shipped_weights("substructure", preset="deeplense-model-i", weights_dir=bare)
+    assert shipped_weights("substructure", preset="deeplense-common-test-i", weights_dir=bare).parent == bare

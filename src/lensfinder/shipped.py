@@ -30,6 +30,17 @@ def shipped_catalog(weights_dir: Path = WEIGHTS_DIR) -> list[dict]:
     return entries
 
 
+def serving_weights(weights_dir: Path = WEIGHTS_DIR) -> dict[str, str]:
+    """preset -> file name of the shipped weights that serve it without being trained on it (`weights/serves.yaml`,
+    with the measurement behind each)."""
+    path = Path(weights_dir) / "serves.yaml"
+    if not path.is_file():
+        return {}
+    import yaml
+
+    return {preset: entry["weights"] for preset, entry in (yaml.safe_load(path.read_text()) or {}).items()}
+
+
 def _describe(entries: list[dict]) -> str:
     return "; ".join(f"{e['path'].name} ({e['task']}, preset {e['preset']}, {e['channels']}x{e['size']}x{e['size']})"
                      for e in entries) or "none"
@@ -41,8 +52,15 @@ def shipped_weights(task: str, *, preset: str | None = None, channels: int | Non
     images (each None: any). Several matches: `<task>.safetensors` first, else the first by name."""
     catalog = shipped_catalog(weights_dir)
     for_task = [e for e in catalog if e["task"] == task]
-    found = [e for e in for_task if (preset is None or e["preset"] == preset)
-             and (channels is None or e["channels"] == channels) and (size is None or e["size"] == size)]
+
+    def matching(wanted_preset):
+        return [e for e in for_task if (wanted_preset is None or e["preset"] == wanted_preset)
+                and (channels is None or e["channels"] == channels) and (size is None or e["size"] == size)]
+
+    found = matching(preset)
+    if not found and preset is not None:  # weights measured to serve a preset they were not trained on
+        stand_in = serving_weights(weights_dir).get(preset)
+        found = [e for e in matching(None) if stand_in is not None and e["path"].name == stand_in]
     if not found:
         wanted = ", ".join(f"{k} {v}" for k, v in (("preset", preset), ("channels", channels), ("size", size))
                            if v is not None)
