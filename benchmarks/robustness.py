@@ -140,6 +140,8 @@ def cmd_loo(args) -> None:
                "--out", str(run), "--epochs", str(args.epochs), "--seed", str(args.seed), "--no-progress"]
         if args.init:
             cmd += ["--init", args.init]
+        if args.lr:
+            cmd += ["--lr", str(args.lr)]
         if (run / "checkpoints" / "last.ckpt").is_file():
             cmd.append("--resume")
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -150,7 +152,7 @@ def cmd_loo(args) -> None:
         held = set(families)
         in_group = np.array([bool(_families(r) & held) for r in rows])
         row = {"kind": "leave-one-group-out", "name": name, "left_out": group, "families": families,
-               "train_lenses": args.lenses, "train_nonlenses": args.nonlenses, "epochs": args.epochs, "init": args.init,
+               "train_lenses": args.lenses, "train_nonlenses": args.nonlenses, "epochs": args.epochs, "init": args.init, "lr": args.lr,
                "train_seconds": seconds, "threads": args.threads, "test": str(args.test), "tta": args.tta,
                **score(labels, scores, rows), "group_only": None,
                "group_nonlenses_in_test": int((in_group & ~labels).sum())}
@@ -177,13 +179,29 @@ def _fmt(v, d=4):
     return "-" if v is None else f"{v:.{d}f}"
 
 
+def group_scores(row: dict) -> dict:
+    """The reference row's scores on each group's non-lenses alone (with every lens): the in-family numbers a
+    held-out row is compared with. Computed once from the reference run's weights and kept in its row file."""
+    if "group_only_by_group" not in row:
+        run = ROOT / "runs" / "robustness" / row["name"]
+        labels, scores, rows = lens_scores(run / "model.safetensors", Path(row["test"]), tta=row["tta"])
+        row["group_only_by_group"] = {}
+        for group, families in GROUPS.items():
+            keep = labels | np.array([bool(_families(r) & set(families)) for r in rows])
+            row["group_only_by_group"][group] = score(labels[keep], scores[keep], [r for r, k in zip(rows, keep) if k])
+        _save_row(row["name"], row)
+    return row["group_only_by_group"]
+
+
 def cmd_table(args) -> None:
     rows = [json.loads(p.read_text()) for p in sorted(ROWS.glob("*.json"))]
     loo = [r for r in rows if r["kind"] == "leave-one-group-out"]
     ref = next((r for r in loo if r["left_out"] == "reference"), None)
+    in_family = group_scores(ref) if ref is not None else {}
     lines = ["| row | train (lenses : non-lenses, epochs) | test (lenses : non-lenses) | AUC | TPR0 | TPR10 | TPR10 - reference "
+             "| the held-out group alone: AUC / TPR10, left out (trained on) "
              "| held-out group in the top 50 false positives (reference) | top-50 false positives |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def in_top(row, families):
         return sum(v for k, v in row["top_false_families"].items() if k in families)
@@ -193,14 +211,17 @@ def cmd_table(args) -> None:
         top = ", ".join(f"{k} {v}" for k, v in list(r["top_false_families"].items())[:4])
         label = "every family (reference)" if r["left_out"] == "reference" else f"without {r['left_out']}"
         held = "-" if not r["families"] else f"{in_top(r, r['families'])} ({in_top(ref, r['families']) if ref else '-'})"
+        alone, base = r.get("group_only"), in_family.get(r["left_out"])
+        group = "-" if not alone else (f"{_fmt(alone['auc'])} / {_fmt(alone['tpr10'], 3)}"
+                                       + (f" ({_fmt(base['auc'])} / {_fmt(base['tpr10'], 3)})" if base else ""))
         lines.append(f"| {label} | {r['train_lenses']} : {r['train_nonlenses']}, {r['epochs']}"
                      f"{', from ' + Path(r['init']).name if r.get('init') else ''} | "
                      f"{Path(r['test']).name} ({r['n_lenses']} : {r['n_nonlenses']}) | {_fmt(r['auc'])} | "
-                     f"{_fmt(r['tpr0'], 3)} | {_fmt(r['tpr10'], 3)} | {_fmt(delta, 3)} | {held} | {top} |")
+                     f"{_fmt(r['tpr0'], 3)} | {_fmt(r['tpr10'], 3)} | {_fmt(delta, 3)} | {group} | {held} | {top} |")
     for r in [r for r in rows if r["kind"] == "cross"]:
         top = ", ".join(f"{k} {v}" for k, v in list(r["top_false_families"].items())[:4])
         lines.append(f"| {r['model']} on {r['test_set']} | full scale | {Path(r['test']).name} ({r['n_lenses']} : "
-                     f"{r['n_nonlenses']}) | {_fmt(r['auc'])} | {_fmt(r['tpr0'], 3)} | {_fmt(r['tpr10'], 3)} | - | - | {top} |")
+                     f"{r['n_nonlenses']}) | {_fmt(r['auc'])} | {_fmt(r['tpr0'], 3)} | {_fmt(r['tpr10'], 3)} | - | - | - | {top} |")
     text = "\n".join(lines)
     print(text)
     path = write_result(args.name, {"rows": rows, "groups": GROUPS, "top_false": TOP_FALSE})
@@ -222,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     loo.add_argument("--groups", nargs="*", choices=list(GROUPS))
     loo.add_argument("--init", default=None, help="start every row from these weights (train --init), e.g. a file "
                      "of the weights shipped before the population was broadened")
+    loo.add_argument("--lr", type=float, default=None, help="peak learning rate of every row (train --lr; default: "
+                     "the recipe's, a tenth of it with --init)")
     cross = sub.add_parser("cross", help="one model on test sets it never saw")
     cross.add_argument("--model", type=Path, default=ROOT / "src" / "lensfinder" / "weights" / "lensfinding.safetensors")
     cross.add_argument("--label", default="shipped")

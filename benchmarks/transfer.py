@@ -83,6 +83,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=8, help="epochs of both training rows")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--finetune-lr", type=float, default=None,
+                        help="peak learning rate of the fine-tuned row (default: train's, a tenth of the recipe's with --init)")
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--work", type=Path, default=ROOT / "data" / "transfer")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "transfer")
@@ -120,7 +122,8 @@ def main() -> None:
 
     # 3. the rows
     models = {"shipped as is": shipped_weights("lensfinding")}
-    train_rows = {"fine-tuned from shipped (--init shipped)": ["--init", "shipped"], "from scratch": []}
+    finetune = ["--init", "shipped"] + (["--lr", args.finetune_lr] if args.finetune_lr else [])
+    train_rows = {"fine-tuned from shipped (--init shipped)": finetune, "from scratch": []}
     train_seconds = {"shipped as is": None}
     for label, extra in train_rows.items():
         run = runs / ("finetuned" if extra else "scratch")
@@ -173,6 +176,7 @@ def main() -> None:
                  f"{psf_dir.relative_to(ROOT)} --seed {args.seed} "
                  + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in COUNTS.items()) + f" --out {painted.relative_to(ROOT)}",
         "fine-tuned": f"lensfinder train --task lensfinding --data {painted.relative_to(ROOT)} --init shipped "
+                      f"{'--lr ' + str(args.finetune_lr) + ' ' if args.finetune_lr else ''}"
                       f"--epochs {args.epochs} --seed 0 --out {(runs / 'finetuned').relative_to(ROOT)}",
         "scratch": f"lensfinder train --task lensfinding --data {painted.relative_to(ROOT)} --epochs {args.epochs} "
                    f"--seed 0 --out {(runs / 'scratch').relative_to(ROOT)}",
