@@ -30,6 +30,16 @@ def shipped_catalog(weights_dir: Path = WEIGHTS_DIR) -> list[dict]:
     return entries
 
 
+def named_weights(path: Path | str) -> Path:
+    """`path` as given, or, when it does not exist and is a bare name (`lensfinding-broad`), the shipped weights file
+    of that name (weights/lensfinding-broad.safetensors) if there is one."""
+    path = Path(path)
+    shipped = WEIGHTS_DIR / f"{path.name}.safetensors"
+    if not path.exists() and len(path.parts) == 1 and shipped.is_file():
+        return shipped
+    return path
+
+
 def serving_weights(weights_dir: Path = WEIGHTS_DIR) -> dict[str, str]:
     """preset -> file name of the shipped weights that serve it without being trained on it (`weights/serves.yaml`,
     with the measurement behind each)."""

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.layouts import atomic_path, write_text_atomic
 from ..evaluate.inference import DEFAULT_RESCORE_MIN, DEFAULT_RESCORE_TOP, VIEWS, rescore_count, scoring_module, softmax, tta_plan, view_logits
 from ..evaluate.shipped import shipped_weights
+from ..shipped import named_weights
 from ..metrics import log_odds
 from ..train.run import load_model
 from ..validation import InputError
@@ -89,7 +90,7 @@ def model_path(*, run: Path | None, task: str | None, preset: str | None = None,
     """The weights file that scores: a run folder's model.safetensors (or the file), else the shipped weights of
     `task` that take `channels` x `size` x `size` cutouts (and were trained on `preset`, when given)."""
     if run is not None:
-        path = Path(run)
+        path = named_weights(run)
         return path / "model.safetensors" if path.is_dir() else path
     if task is None:
         raise InputError("say which model scores the cutouts: --run RUN_FOLDER, or --task TASK for the shipped weights")

@@ -22,7 +22,7 @@ from ..data.datamodule import LensDataModule, PackedDataset, epoch_seed
 from ..data.layouts import atomic_path, discover, held_out_listings, write_split_record, write_text_atomic
 from ..data.normalize import channel_stats
 from ..metrics import log_odds
-from ..shipped import shipped_weights
+from ..shipped import named_weights, shipped_weights
 from ..validation import InputError
 from .calibrate import choose_survey_thresholds, fit_calibration, validation_log_probs
 from .history import plot_history, read_history
@@ -71,12 +71,14 @@ def versions() -> dict:
 
 
 def load_model(path: Path) -> LensModule:
-    """Rebuild a model from a run folder or a .safetensors file written by `export_model`."""
-    path = Path(path)
+    """Rebuild a model from a run folder or a .safetensors file written by `export_model`, or from the name of a
+    shipped weights file (`lensfinding-broad`: src/lensfinder/weights/lensfinding-broad.safetensors)."""
+    path = named_weights(path)
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():
-        raise InputError(f"{path}: no trained model here (expected a run folder with model.safetensors, or the file itself)")
+        raise InputError(f"{path}: no trained model here (expected a run folder with model.safetensors, the file itself, "
+                         "or the name of a shipped weights file: lensfinder.shipped_models() lists them)")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
