@@ -121,6 +121,17 @@ def score(labels: np.ndarray, scores: np.ndarray, rows: list[dict], *, family_of
             "top_false_families": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
 
 
+def _in_group(rows: list[dict], families: list[str]) -> np.ndarray:
+    """Which objects show any of `families`."""
+    return np.array([bool(_families(r) & set(families)) for r in rows])
+
+
+def group_only(labels: np.ndarray, scores: np.ndarray, rows: list[dict], in_group: np.ndarray) -> dict:
+    """`score` of every lens against the non-lenses of one group alone."""
+    keep = labels | in_group
+    return score(labels[keep], scores[keep], [r for r, k in zip(rows, keep) if k])
+
+
 def _save_row(name: str, row: dict) -> None:
     ROWS.mkdir(parents=True, exist_ok=True)
     write_text_atomic(ROWS / f"{name}.json", json.dumps(row, indent=1, default=float))
@@ -149,16 +160,14 @@ def cmd_loo(args) -> None:
         subprocess.run(cmd, check=True, env=env)
         seconds = time.perf_counter() - start
         labels, scores, rows = lens_scores(run / "model.safetensors", args.test, tta=args.tta)
-        held = set(families)
-        in_group = np.array([bool(_families(r) & held) for r in rows])
+        in_group = _in_group(rows, families)
         row = {"kind": "leave-one-group-out", "name": name, "left_out": group, "families": families,
                "train_lenses": args.lenses, "train_nonlenses": args.nonlenses, "epochs": args.epochs, "init": args.init, "lr": args.lr,
                "train_seconds": seconds, "threads": args.threads, "test": str(args.test), "tta": args.tta,
                **score(labels, scores, rows), "group_only": None,
                "group_nonlenses_in_test": int((in_group & ~labels).sum())}
-        if held and in_group.any():  # lenses against the held-out group's non-lenses only
-            keep = labels | in_group
-            row["group_only"] = score(labels[keep], scores[keep], [r for r, k in zip(rows, keep) if k])
+        if families and in_group.any():  # lenses against the held-out group's non-lenses only
+            row["group_only"] = group_only(labels, scores, rows, in_group)
         _save_row(name, row)
         print(f"{name}: AUC {row['auc']:.4f} TPR0 {row['tpr0']:.3f} TPR10 {row['tpr10']:.3f}")
 
@@ -185,10 +194,8 @@ def group_scores(row: dict) -> dict:
     if "group_only_by_group" not in row:
         run = ROOT / "runs" / "robustness" / row["name"]
         labels, scores, rows = lens_scores(run / "model.safetensors", Path(row["test"]), tta=row["tta"])
-        row["group_only_by_group"] = {}
-        for group, families in GROUPS.items():
-            keep = labels | np.array([bool(_families(r) & set(families)) for r in rows])
-            row["group_only_by_group"][group] = score(labels[keep], scores[keep], [r for r, k in zip(rows, keep) if k])
+        row["group_only_by_group"] = {group: group_only(labels, scores, rows, _in_group(rows, families))
+                                      for group, families in GROUPS.items()}
         _save_row(row["name"], row)
     return row["group_only_by_group"]
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.cutouts import expand_inputs, group_bands, is_fits as _is_fits, read_cutout, read_fits  # noqa: F401  (moved; importable from here)
 from ..data.layouts import atomic_write, write_text_atomic
 from ..metrics import log_odds
 from ..train.module import LensModule
@@ -19,7 +20,6 @@ from ..train.run import load_model, versions
 from ..validation import InputError, check_channels
 from .inference import (DEFAULT_RESCORE_MIN, DEFAULT_RESCORE_TOP, VIEWS, pick_device, rescore_count, scoring_module, softmax, top_indices,
                         tta_plan, view_logits)
-from ..data.cutouts import expand_inputs, group_bands, is_fits as _is_fits, read_cutout, read_fits  # noqa: F401  (moved; importable from here)
 from .shipped import WEIGHTS_DIR, shipped_run, shipped_weights  # noqa: F401  (moved; importable from here)
 
 NPY_SUFFIXES = (".npy",)

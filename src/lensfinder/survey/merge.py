@@ -205,11 +205,10 @@ def open_parts_limit() -> int:
     (each part read holds its file open; half the soft limit, less a margin)."""
     try:
         import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, ValueError, OSError):
-        soft = 1024
-    if soft == getattr(__import__("resource"), "RLIM_INFINITY", -1) or soft < 0:
+    except ImportError:  # no file-descriptor limits to read on this platform
+        return MAX_OPEN_PARTS
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or soft < 0:
         return MAX_OPEN_PARTS
     return max(2, min(MAX_OPEN_PARTS, soft // 2 - 32))
 
